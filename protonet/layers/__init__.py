@@ -1,0 +1,13 @@
+"""Built-in layers, one module per family; importing this registers them all."""
+
+from . import (  # noqa: F401
+    affine,
+    common,
+    data,
+    indexing,
+    loss,
+    neuron,
+    normalization,
+    recurrent,
+    vision,
+)

@@ -1,0 +1,641 @@
+"""Net: a directed acyclic graph of layers, built with Caffe's semantics.
+
+Mirrors: src/caffe/net.cpp and src/caffe/util/insert_splits.cpp.
+
+Building a net (`Net.__init__`):
+1. filter layers by the net state (phase, level, stages) and their
+   include/exclude rules (`filter_net`);
+2. insert Split layers wherever a blob feeds more than one consumer
+   (`insert_splits`, Caffe's naming);
+3. create every layer, connect bottoms and tops (a top named like the bottom
+   at the same index runs in place), set the layers up in order;
+4. share parameters named alike (`param { name: ... }`);
+5. decide which layers and bottoms need backward (Caffe's analysis, including
+   `propagate_down` and `force_backward`).
+"""
+
+import collections
+import os
+
+import numpy as np
+
+from . import io as _io
+from .blob import Blob
+from .errors import LayerError, NetError, ProtonetError, WeightsError
+from .layer import create_layer
+from .proto import caffe_pb2
+
+TRAIN = caffe_pb2.TRAIN
+TEST = caffe_pb2.TEST
+
+
+# ---------------------------------------------------------------------------
+# Graph rewriting passes (pure functions on NetParameter)
+
+
+def state_meets_rule(state, rule):
+    """Caffe's StateMeetsRule."""
+    if rule.HasField("phase") and rule.phase != state.phase:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    stages = set(state.stage)
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def filter_net(param):
+    """A copy of `param` holding only the layers its `state` includes."""
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    for layer in param.layer:
+        if layer.include and layer.exclude:
+            raise NetError(f"layer '{layer.name}': specify either include "
+                           "rules or exclude rules, not both")
+        included = not layer.include
+        if any(state_meets_rule(param.state, r) for r in layer.exclude):
+            included = False
+        if any(state_meets_rule(param.state, r) for r in layer.include):
+            included = True
+        if included:
+            out.layer.add().CopyFrom(layer)
+    return out
+
+
+def split_layer_name(layer_name, blob_name, blob_idx):
+    return f"{blob_name}_{layer_name}_{blob_idx}_split"
+
+
+def split_blob_name(layer_name, blob_name, blob_idx, split_idx):
+    return f"{blob_name}_{layer_name}_{blob_idx}_split_{split_idx}"
+
+
+def insert_splits(param):
+    """A copy of `param` with Split layers for every blob used more than once.
+
+    A top used as a loss (non-zero loss_weight) counts as one more use.
+    """
+    last_top = {}                       # blob name -> (layer idx, top idx)
+    source_of_bottom = {}               # (layer, bottom) -> (layer, top)
+    uses = collections.Counter()        # (layer, top) -> number of consumers
+    loss_weight_of = {}
+    for i, layer in enumerate(param.layer):
+        for j, name in enumerate(layer.bottom):
+            if name not in last_top:
+                raise NetError(f"layer '{layer.name}' ({layer.type}): unknown "
+                               f"bottom blob '{name}' (bottom {j}); no earlier "
+                               "layer produces it")
+            source_of_bottom[(i, j)] = last_top[name]
+            uses[last_top[name]] += 1
+        for j, name in enumerate(layer.top):
+            last_top[name] = (i, j)
+        for j in range(min(len(layer.loss_weight), len(layer.top))):
+            idx = last_top[layer.top[j]]
+            loss_weight_of[idx] = layer.loss_weight[j]
+            if layer.loss_weight[j]:
+                uses[idx] += 1
+    out = caffe_pb2.NetParameter()
+    out.CopyFrom(param)
+    del out.layer[:]
+    next_split = collections.Counter()
+    for i, layer in enumerate(param.layer):
+        lp = out.layer.add()
+        lp.CopyFrom(layer)
+        for j, name in enumerate(layer.bottom):
+            src = source_of_bottom[(i, j)]
+            if uses[src] > 1:
+                producer = param.layer[src[0]].name
+                lp.bottom[j] = split_blob_name(producer, name, src[1],
+                                               next_split[src])
+                next_split[src] += 1
+        for j, name in enumerate(layer.top):
+            n = uses[(i, j)]
+            if n > 1:
+                w = loss_weight_of.get((i, j), 0.0)
+                split = out.layer.add(name=split_layer_name(lp.name, name, j),
+                                      type="Split")
+                split.bottom.append(name)
+                for k in range(n):
+                    split.top.append(split_blob_name(lp.name, name, j, k))
+                    if w:
+                        split.loss_weight.append(w if k == 0 else 0.0)
+                if w:
+                    lp.ClearField("loss_weight")
+                    next_split[(i, j)] += 1
+    return out
+
+
+# ---------------------------------------------------------------------------
+
+
+def _load_param(model):
+    if isinstance(model, caffe_pb2.NetParameter):
+        p = caffe_pb2.NetParameter()
+        p.CopyFrom(model)
+        from .upgrade import upgrade_net
+        upgrade_net(p)
+        return p, None
+    if isinstance(model, (str, os.PathLike)):
+        return _io.read_net(model), str(model)
+    raise ProtonetError(f"a net must be given as a prototxt path or a "
+                        f"NetParameter, got {type(model).__name__}")
+
+
+def _parse_net_args(args, weights, phase):
+    """pycaffe's Net(model, [weights], phase) positional forms."""
+    args = list(args)
+    if args and isinstance(args[-1], (int, np.integer)) and phase is None:
+        phase = int(args.pop())
+    if args:
+        if weights is not None:
+            raise ProtonetError("weights given twice")
+        weights = args.pop(0)
+    if args:
+        raise ProtonetError("Net(model, [weights], phase): too many arguments")
+    return weights, phase
+
+
+class Net:
+    """A Caffe net: layers, blobs and parameters, forward and backward.
+
+    Args:
+        model: path to a net prototxt, or a NetParameter.
+        weights: optional .caffemodel path (or several, comma-separated) whose
+            parameters are copied in by layer name.
+        phase: TRAIN or TEST (default: the net's `state.phase`, else TEST).
+        level, stages: the NetState level and stages.
+        dtype: float32 (Caffe's default) or float64 (for gradient checks).
+
+    Attributes (as pycaffe):
+        blobs: OrderedDict of blob name -> Blob, in creation order.
+        params: OrderedDict of layer name -> list of parameter Blobs.
+        layers, layer_names (`_layer_names`), inputs, outputs, top_names,
+        bottom_names, layer_dict.
+    """
+
+    def __init__(self, model, *args, weights=None, phase=None, level=None,
+                 stages=None, dtype=np.float32):
+        weights, phase = _parse_net_args(args, weights, phase)
+        param, path = _load_param(model)
+        self.source = path
+        if phase is not None:
+            param.state.phase = phase
+        elif not param.HasField("state") or not param.state.HasField("phase"):
+            param.state.phase = TEST
+        if level is not None:
+            param.state.level = int(level)
+        if stages:
+            param.state.stage.extend(stages)
+        self.dtype = np.dtype(dtype)
+        self._init(param)
+        if weights:
+            for w in str(weights).split(","):
+                self.copy_from(w)
+
+    # -- construction -----------------------------------------------------
+    def _init(self, in_param):
+        self.phase = in_param.state.phase
+        param = insert_splits(filter_net(in_param))
+        self.name = param.name
+        self.param = param
+        self.force_backward = param.force_backward
+        for lp in param.layer:
+            if not lp.HasField("phase"):
+                lp.phase = self.phase
+        self.layers = []
+        self._layer_names = []
+        self.bottom_vecs, self.top_vecs = [], []
+        self.bottom_ids, self.top_ids = [], []
+        self._blobs = []            # list of Blob, in creation order
+        self._blob_names = []
+        self.blob_loss_weights = []
+        blob_index = {}
+        available = set()           # blobs produced but not yet consumed
+        blob_need_backward = []
+        self.bottom_need_backward = []
+        self.layer_need_backward = []
+        self.input_ids = []
+        seen_layer_names = set()
+
+        for li, lp in enumerate(param.layer):
+            if lp.name in seen_layer_names:
+                # Caffe allows it but copy_from by name becomes ambiguous.
+                pass
+            seen_layer_names.add(lp.name)
+            if lp.propagate_down and len(lp.propagate_down) != len(lp.bottom):
+                raise NetError(f"layer '{lp.name}': propagate_down must be "
+                               f"given once per bottom ({len(lp.bottom)}), got "
+                               f"{len(lp.propagate_down)}")
+            layer = create_layer(lp, self.dtype)
+            self.layers.append(layer)
+            self._layer_names.append(lp.name)
+            bottoms, bids, need_bw = [], [], []
+            need_backward = False
+            for j, name in enumerate(lp.bottom):
+                if name not in blob_index or name not in available:
+                    raise NetError(f"layer '{lp.name}' ({lp.type}): unknown "
+                                   f"bottom blob '{name}' (bottom {j})")
+                bid = blob_index[name]
+                available.discard(name)
+                bottoms.append(self._blobs[bid])
+                bids.append(bid)
+                nb = blob_need_backward[bid]
+                if lp.propagate_down:
+                    nb = lp.propagate_down[j]
+                need_bw.append(nb)
+                need_backward |= blob_need_backward[bid]
+            tops, tids = [], []
+            for j, name in enumerate(lp.top):
+                if j < len(lp.bottom) and name == lp.bottom[j]:
+                    bid = blob_index[name]          # in place
+                    tops.append(self._blobs[bid])
+                    tids.append(bid)
+                else:
+                    if name in blob_index:
+                        raise NetError(f"layer '{lp.name}' ({lp.type}): top "
+                                       f"blob '{name}' is produced by more than "
+                                       "one layer (only in-place reuse of the "
+                                       "bottom at the same index is allowed)")
+                    bid = len(self._blobs)
+                    blob_index[name] = bid
+                    self._blobs.append(Blob((), self.dtype))
+                    self._blob_names.append(name)
+                    blob_need_backward.append(False)
+                    self.blob_loss_weights.append(0.0)
+                    tops.append(self._blobs[bid])
+                    tids.append(bid)
+                    if lp.type == "Input":
+                        self.input_ids.append(bid)
+                available.add(name)
+            self.bottom_vecs.append(bottoms)
+            self.top_vecs.append(tops)
+            self.bottom_ids.append(bids)
+            self.top_ids.append(tids)
+            try:
+                layer.set_up(bottoms, tops)
+            except ProtonetError:
+                raise
+            except (ValueError, IndexError, TypeError, ZeroDivisionError,
+                    MemoryError) as e:
+                raise LayerError(layer, f"setup failed with bottom shapes "
+                                 f"{[b.shape for b in bottoms]}: {e}") from e
+            for j, tid in enumerate(tids):
+                w = layer.loss_weights[j] if j < len(layer.loss_weights) else 0
+                self.blob_loss_weights[tid] = w
+            nparams = len(layer.blobs)
+            for k in range(nparams):
+                spec = lp.param[k] if k < len(lp.param) else None
+                lr = spec.lr_mult if spec is not None else 1.0
+                need = lr != 0
+                need_backward |= need
+                layer.param_propagate_down[k] = need
+            if len(lp.param) > nparams:
+                raise NetError(f"layer '{lp.name}' ({lp.type}): {len(lp.param)} "
+                               f"param specs but the layer has {nparams} "
+                               "parameter blob(s)")
+            for tid in tids:
+                if need_backward:
+                    blob_need_backward[tid] = True
+            self.layer_need_backward.append(need_backward)
+            self.bottom_need_backward.append(need_bw)
+
+        self._analyse_backward(blob_need_backward)
+        self._output_names = [n for n in self._blob_names if n in available]
+        self._setup_params()
+        self.blobs = collections.OrderedDict(zip(self._blob_names, self._blobs))
+        self.params = collections.OrderedDict(
+            (n, l.blobs) for n, l in zip(self._layer_names, self.layers)
+            if l.blobs)
+        self.layer_dict = collections.OrderedDict(zip(self._layer_names,
+                                                      self.layers))
+
+    def _analyse_backward(self, blob_need_backward):
+        """Which layers contribute to a loss and need backward (Caffe's
+        second pass), then force_backward."""
+        under_loss, skip = set(), set()
+        for li in reversed(range(len(self.layers))):
+            layer = self.layers[li]
+            contributes = False
+            skip_down = True
+            for j, tid in enumerate(self.top_ids[li]):
+                name = self._blob_names[tid]
+                if layer.loss_weights[j] or name in under_loss:
+                    contributes = True
+                if name not in skip:
+                    skip_down = False
+                if contributes and not skip_down:
+                    break
+            if self.layer_need_backward[li] and skip_down:
+                self.layer_need_backward[li] = False
+                self.bottom_need_backward[li] = [False] * len(self.bottom_ids[li])
+            if not contributes:
+                self.layer_need_backward[li] = False
+            for j, bid in enumerate(self.bottom_ids[li]):
+                name = self._blob_names[bid]
+                if contributes:
+                    under_loss.add(name)
+                else:
+                    self.bottom_need_backward[li][j] = False
+                if not self.bottom_need_backward[li][j]:
+                    skip.add(name)
+        if self.force_backward:
+            for li, layer in enumerate(self.layers):
+                self.layer_need_backward[li] = True
+                for j, bid in enumerate(self.bottom_ids[li]):
+                    nb = self.bottom_need_backward[li][j] or \
+                        layer.allow_force_backward(j)
+                    self.bottom_need_backward[li][j] = nb
+                    blob_need_backward[bid] = blob_need_backward[bid] or nb
+                layer.param_propagate_down = [True] * len(layer.blobs)
+        self.blob_need_backward = blob_need_backward
+
+    def _setup_params(self):
+        """Parameter bookkeeping and sharing (Caffe's AppendParam)."""
+        self._params = []               # every param blob, layer order
+        self.param_owners = []          # -1 or index of the owning param
+        self.param_layer_indices = []   # (layer idx, blob idx)
+        self.param_display_names = []
+        self.learnable_params = []
+        self.learnable_param_ids = []
+        self.params_lr = []
+        self.params_weight_decay = []
+        self._has_lr, self._has_decay = [], []
+        names = {}
+        for li, (layer, lp) in enumerate(zip(self.layers, self.param.layer)):
+            for k, blob in enumerate(layer.blobs):
+                spec = lp.param[k] if k < len(lp.param) else caffe_pb2.ParamSpec()
+                pname = spec.name
+                net_id = len(self._params)
+                self._params.append(blob)
+                self.param_layer_indices.append((li, k))
+                self.param_display_names.append(pname or str(k))
+                if not pname or pname not in names:
+                    self.param_owners.append(-1)
+                    if pname:
+                        names[pname] = net_id
+                    self.learnable_param_ids.append(len(self.learnable_params))
+                    self.learnable_params.append(blob)
+                    self._has_lr.append(spec.HasField("lr_mult"))
+                    self._has_decay.append(spec.HasField("decay_mult"))
+                    self.params_lr.append(spec.lr_mult)
+                    self.params_weight_decay.append(spec.decay_mult)
+                    continue
+                owner_id = names[pname]
+                self.param_owners.append(owner_id)
+                oli, ok = self.param_layer_indices[owner_id]
+                owner = self.layers[oli].blobs[ok]
+                if spec.share_mode == caffe_pb2.ParamSpec.PERMISSIVE:
+                    if blob.count != owner.count:
+                        raise NetError(
+                            f"cannot share param '{pname}' owned by layer "
+                            f"'{self._layer_names[oli]}' with layer "
+                            f"'{lp.name}': count mismatch, owner shape "
+                            f"{owner.shape}, sharing shape {blob.shape}")
+                elif blob.shape != owner.shape:
+                    raise NetError(
+                        f"cannot share param '{pname}' owned by layer "
+                        f"'{self._layer_names[oli]}' with layer '{lp.name}': "
+                        f"shape mismatch, owner shape {owner.shape}, sharing "
+                        f"shape {blob.shape} (use share_mode: PERMISSIVE to "
+                        "share by count)")
+                lid = self.learnable_param_ids[owner_id]
+                self.learnable_param_ids.append(lid)
+                for has, vals, field in ((self._has_lr, self.params_lr, "lr_mult"),
+                                         (self._has_decay, self.params_weight_decay,
+                                          "decay_mult")):
+                    if spec.HasField(field):
+                        v = getattr(spec, field)
+                        if has[lid] and vals[lid] != v:
+                            raise NetError(f"shared param '{pname}' has "
+                                           f"mismatched {field} in layer "
+                                           f"'{lp.name}'")
+                        has[lid] = True
+                        vals[lid] = v
+                # Share data and diff with the owner (Caffe's ShareWeights).
+                if blob.shape == owner.shape:
+                    layer.blobs[k] = owner
+                else:
+                    shared = Blob(blob.shape, self.dtype)
+                    shared.data = owner.data.reshape(blob.shape)
+                    shared.diff = owner.diff.reshape(blob.shape)
+                    layer.blobs[k] = shared
+                self._params[net_id] = layer.blobs[k]
+
+    # -- pycaffe-style properties -----------------------------------------
+    @property
+    def layer_names(self):
+        return list(self._layer_names)
+
+    @property
+    def inputs(self):
+        return [self._blob_names[i] for i in self.input_ids]
+
+    @property
+    def outputs(self):
+        return list(self._output_names)
+
+    @property
+    def top_names(self):
+        return collections.OrderedDict(
+            (n, [self._blob_names[i] for i in ids])
+            for n, ids in zip(self._layer_names, self.top_ids))
+
+    @property
+    def bottom_names(self):
+        return collections.OrderedDict(
+            (n, [self._blob_names[i] for i in ids])
+            for n, ids in zip(self._layer_names, self.bottom_ids))
+
+    @property
+    def blob_names(self):
+        return list(self._blob_names)
+
+    @property
+    def all_params(self):
+        """Every parameter blob (shared ones repeated), in net order."""
+        return list(self._params)
+
+    def blob_loss_weights_dict(self):
+        return collections.OrderedDict(zip(self._blob_names,
+                                           self.blob_loss_weights))
+
+    def layer_index(self, name):
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise NetError(f"no layer named '{name}' in net '{self.name}'") \
+                from None
+
+    # -- running ----------------------------------------------------------
+    def forward_from_to(self, start=0, end=None):
+        """Run layers start..end (inclusive); returns the total loss."""
+        end = len(self.layers) - 1 if end is None else end
+        loss = 0.0
+        for i in range(start, end + 1):
+            layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+            layer.reshape(bottom, top)
+            layer.forward(bottom, top)
+            if any(layer.loss_weights):
+                loss += layer.loss(top)
+        return loss
+
+    def backward_from_to(self, start=None, end=0):
+        """Run backward for layers start..end (start >= end, inclusive)."""
+        start = len(self.layers) - 1 if start is None else start
+        for i in range(start, end - 1, -1):
+            if self.layer_need_backward[i]:
+                self.layers[i].backward(self.top_vecs[i],
+                                        self.bottom_need_backward[i],
+                                        self.bottom_vecs[i])
+
+    def forward_prefilled(self):
+        return self.forward_from_to()
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """pycaffe's Net.forward: optional input arrays by name; returns a
+        dict of the output blobs (or `blobs`) after running start..end."""
+        blobs = list(blobs or [])
+        start_i = self.layer_index(start) if start is not None else 0
+        if end is not None:
+            end_i = self.layer_index(end)
+            outputs = set(self.top_names[end] + blobs)
+        else:
+            end_i = len(self.layers) - 1
+            outputs = set(self.outputs + blobs)
+        for name in blobs:
+            if name not in self.blobs:
+                raise NetError(f"forward(blobs=...): no blob named '{name}' "
+                               f"(blobs: {', '.join(self.blobs)})")
+        if kwargs:
+            unknown = sorted(set(kwargs) - set(self.inputs))
+            if unknown:
+                raise NetError(f"forward(): {', '.join(unknown)} is not an "
+                               f"input of the net (inputs: "
+                               f"{', '.join(self.inputs) or 'none'})")
+            for name, arr in kwargs.items():
+                self.set_input(name, arr)
+        self.forward_from_to(start_i, end_i)
+        return {o: self.blobs[o].data for o in outputs}
+
+    def set_input(self, name, arr):
+        blob = self.blobs[name]
+        arr = np.asarray(arr)
+        if arr.shape != blob.shape:
+            if arr.ndim == blob.num_axes and arr.shape[1:] == blob.shape[1:]:
+                raise NetError(f"input '{name}': got batch of {arr.shape[0]} "
+                               f"but the blob holds {blob.shape[0]}; call "
+                               f"net.blobs['{name}'].reshape(...) and "
+                               "net.reshape() first")
+            raise NetError(f"input '{name}': expected shape {blob.shape}, "
+                           f"got {arr.shape}")
+        blob.data[...] = arr
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """pycaffe's Net.backward: optional top diffs by name; returns a dict
+        of the input diffs (or `diffs`)."""
+        diffs = list(diffs or [])
+        start_i = self.layer_index(start) if start is not None \
+            else len(self.layers) - 1
+        if end is not None:
+            end_i = self.layer_index(end)
+            outputs = set(self.bottom_names[end] + diffs)
+        else:
+            end_i = 0
+            outputs = set(self.inputs + diffs)
+        for name, arr in kwargs.items():
+            if name not in self.outputs:
+                raise NetError(f"backward(): '{name}' is not an output of the "
+                               f"net (outputs: {', '.join(self.outputs)})")
+            blob = self.blobs[name]
+            arr = np.asarray(arr)
+            if arr.shape != blob.shape:
+                raise NetError(f"backward(): diff for '{name}' must have shape "
+                               f"{blob.shape}, got {arr.shape}")
+            blob.diff[...] = arr
+        self.backward_from_to(start_i, end_i)
+        return {o: self.blobs[o].diff for o in outputs}
+
+    def reshape(self):
+        """Propagate input shape changes through every layer."""
+        for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
+            layer.reshape(bottom, top)
+
+    def clear_param_diffs(self):
+        for blob in self.learnable_params:
+            if blob.has_diff:
+                blob.diff[...] = 0
+
+    # -- weights ----------------------------------------------------------
+    def copy_from(self, source):
+        """Copy parameters by layer name from a .caffemodel path (or .h5), or a
+        NetParameter.  Layers absent from the source keep their values;
+        source layers absent from this net are ignored, as in Caffe."""
+        if isinstance(source, (str, os.PathLike)):
+            path = str(source)
+            if path.endswith((".h5", ".hdf5")):
+                from .hdf5 import copy_from_hdf5
+                return copy_from_hdf5(self, path)
+            source = _io.read_caffemodel(path)
+        else:
+            path = "<NetParameter>"
+        by_name = {}
+        for li, name in enumerate(self._layer_names):
+            by_name.setdefault(name, li)
+        for sl in source.layer:
+            li = by_name.get(sl.name)
+            if li is None:
+                continue
+            target = self.layers[li].blobs
+            if len(sl.blobs) != len(target):
+                raise WeightsError(
+                    f"{path}: layer '{sl.name}' has {len(sl.blobs)} parameter "
+                    f"blob(s) in the weights file but {len(target)} in the net")
+            for j, (sb, tb) in enumerate(zip(sl.blobs, target)):
+                if not _shape_equals(tb.shape, sb):
+                    raise WeightsError(
+                        f"{path}: cannot copy param {j} of layer '{sl.name}': "
+                        f"shape mismatch, weights file has "
+                        f"{_io.blob_shape(sb)}, net expects {tb.shape}; to "
+                        "learn this layer from scratch, rename it")
+                tb.data[...] = _io.blob_to_array(sb, path, f"layer "
+                                                 f"'{sl.name}' param {j}",
+                                                 self.dtype).reshape(tb.shape)
+
+    def to_proto(self, write_diff=False):
+        """The net with its parameters, as Caffe's Net::ToProto."""
+        out = caffe_pb2.NetParameter(name=self.name)
+        for layer, lp in zip(self.layers, self.param.layer):
+            dst = out.layer.add()
+            dst.CopyFrom(lp)
+            dst.ClearField("blobs")
+            for blob in layer.blobs:
+                _io.array_to_blob(blob.data, dst.blobs.add(),
+                                  diff=blob.diff if write_diff else None)
+        return out
+
+    def save(self, path, write_diff=False):
+        """Write the parameters as a binary .caffemodel (atomically)."""
+        _io.write_caffemodel(path, self.to_proto(write_diff))
+
+    def __repr__(self):
+        return (f"<Net '{self.name}': {len(self.layers)} layers, "
+                f"{len(self.blobs)} blobs, phase "
+                f"{'TRAIN' if self.phase == TRAIN else 'TEST'}>")
+
+
+def _shape_equals(shape, blob_proto):
+    """Caffe's Blob::ShapeEquals, including the legacy 4-D form."""
+    if blob_proto.HasField("num") or blob_proto.HasField("channels") or \
+            blob_proto.HasField("height") or blob_proto.HasField("width"):
+        if len(shape) > 4:
+            return False
+        legacy = (1,) * (4 - len(shape)) + tuple(shape)
+        return legacy == (blob_proto.num, blob_proto.channels,
+                          blob_proto.height, blob_proto.width)
+    return tuple(shape) == tuple(blob_proto.shape.dim)
