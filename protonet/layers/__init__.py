@@ -9,5 +9,6 @@ from . import (  # noqa: F401
     neuron,
     normalization,
     recurrent,
+    shape,
     vision,
 )

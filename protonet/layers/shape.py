@@ -1,0 +1,1 @@
+"""Shape layers: Concat, Slice, Flatten, Reshape, Tile."""
