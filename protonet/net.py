@@ -515,8 +515,8 @@ class Net:
         if kwargs:
             unknown = sorted(set(kwargs) - set(self.inputs))
             if unknown:
-                raise NetError(f"forward(): {', '.join(unknown)} is not an "
-                               f"input of the net (inputs: "
+                raise NetError(f"forward(): {', '.join(repr(u) for u in unknown)} "
+                               f"is not an input of the net (inputs: "
                                f"{', '.join(self.inputs) or 'none'})")
             for name, arr in kwargs.items():
                 self.set_input(name, arr)
