@@ -74,7 +74,7 @@ def read_text(path, message):
 
 def format_text(message):
     """The prototxt form of `message` (as Caffe's WriteProtoToTextFile)."""
-    return text_format.MessageToString(message, float_format=".9g")
+    return text_format.MessageToString(message)
 
 
 def parse_binary(data, message, path=None, what=None):
