@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401
     affine,
+    conv,
     common,
     data,
     indexing,

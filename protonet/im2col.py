@@ -1,0 +1,126 @@
+"""im2col / col2im: the column kernels behind Convolution, Deconvolution and
+Im2col.
+
+Mirrors: src/caffe/util/im2col.cpp (``im2col_cpu``, ``col2im_cpu`` and their
+``_nd`` versions).
+
+Layout (Caffe's): for one image of shape (C, *S) with kernel k, the column
+matrix has shape (C * prod(k), prod(out)); row ``(c, i_1, ..., i_d)`` (C-order)
+holds the input value at spatial position ``o_j * stride_j - pad_j +
+i_j * dilation_j`` for every output position ``o`` (again C-order), zero where
+that position falls in the padding.  Output size rounds DOWN:
+``out = (in + 2*pad - (dilation*(k-1)+1)) // stride + 1``.
+
+Both functions work on a batch (nb, C, *S) at once, so one call feeds one
+GEMM over a chunk of images:
+
+* ``im2col`` copies a stride-tricks window view of the (zero-padded) input
+  into a preallocated column buffer: one vectorised copy for any number of
+  spatial axes.
+* ``col2im`` is its adjoint.  When windows do not overlap (stride >= dilated
+  kernel extent on every axis) it is a single strided assignment; otherwise it
+  sums one strided slice per kernel offset (prod(k) vectorised adds over the
+  whole chunk), which is much faster than ``np.add.at``.
+"""
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+
+def conv_out_shape(in_shape, kernel, stride, pad, dilation):
+    """Convolution output size per spatial axis (rounds down).
+
+    Returns a tuple; an entry is < 1 when the dilated kernel is larger than
+    the padded input (callers turn that into an error).
+    """
+    return tuple((i + 2 * p - (d * (k - 1) + 1)) // s + 1
+                 for i, k, s, p, d in zip(in_shape, kernel, stride, pad,
+                                          dilation))
+
+
+def deconv_out_shape(in_shape, kernel, stride, pad, dilation):
+    """Deconvolution output size: ``stride*(in-1) + dilation*(k-1)+1 - 2*pad``."""
+    return tuple(s * (i - 1) + d * (k - 1) + 1 - 2 * p
+                 for i, k, s, p, d in zip(in_shape, kernel, stride, pad,
+                                          dilation))
+
+
+def _window_view(xp, kernel, stride, dilation, out_shape):
+    """A read/write view (nb, C, *kernel, *out) of a padded array ``xp``."""
+    lead = xp.shape[:2]
+    sp = xp.strides[2:]
+    shape = lead + tuple(kernel) + tuple(out_shape)
+    strides = xp.strides[:2] + tuple(d * s for d, s in zip(dilation, sp)) \
+        + tuple(t * s for t, s in zip(stride, sp))
+    return as_strided(xp, shape, strides, writeable=True)
+
+
+def _interior(buf, pad, in_shape):
+    return buf[(slice(None), slice(None))
+               + tuple(slice(p, p + i) for p, i in zip(pad, in_shape))]
+
+
+def im2col(x, kernel, stride, pad, dilation, out_shape, cols, pad_buf=None):
+    """Write the columns of a batch into ``cols``.
+
+    Args:
+        x: (nb, C, *S) input.
+        kernel, stride, pad, dilation: one int per spatial axis.
+        out_shape: the conv output size per spatial axis (``conv_out_shape``).
+        cols: output buffer with nb * C * prod(kernel) * prod(out_shape)
+            elements (any shape; e.g. (nb, C*prod(k), prod(out))).
+        pad_buf: when any pad > 0, a buffer (>= nb, C, *(S + 2*pad)) whose
+            border is zero (only its interior is written here).
+
+    Returns:
+        ``cols`` reshaped to (nb, C * prod(kernel), prod(out_shape)).
+    """
+    nb, C = x.shape[:2]
+    if any(pad):
+        xp = pad_buf[:nb]
+        _interior(xp, pad, x.shape[2:])[...] = x
+    else:
+        xp = x
+    view = _window_view(xp, kernel, stride, dilation, out_shape)
+    np.copyto(cols.reshape(view.shape), view)
+    return cols.reshape(nb, C * int(np.prod(kernel)), int(np.prod(out_shape)))
+
+
+def _overlaps(kernel, stride, dilation):
+    # Windows of one channel touch a cell twice when the kernel taps overlap
+    # across output positions (stride < extent) or within a window (never:
+    # taps are distinct for dilation >= 1).
+    return any(s < d * (k - 1) + 1 and k > 1
+               for k, s, d in zip(kernel, stride, dilation))
+
+
+def col2im(cols, kernel, stride, pad, dilation, out_shape, dx, pad_buf=None):
+    """Sum columns back into images: the adjoint of ``im2col``; assigns ``dx``.
+
+    Args:
+        cols: (nb, C*prod(kernel), prod(out_shape)) (or any shape of that size).
+        dx: (nb, C, *S) output, overwritten.
+        pad_buf: when any pad > 0, a scratch buffer (>= nb, C, *(S + 2*pad)).
+    """
+    nb, C = dx.shape[:2]
+    nd = len(kernel)
+    if any(pad):
+        buf = pad_buf[:nb]
+    else:
+        buf = dx
+    view = _window_view(buf, kernel, stride, dilation, out_shape)
+    src = cols.reshape(view.shape)
+    buf[...] = 0  # cells no window reaches get no gradient
+    if not _overlaps(kernel, stride, dilation):
+        view[...] = src
+    else:
+        # One vectorised add per kernel offset, over the whole chunk.
+        for offset in np.ndindex(*kernel):
+            sl = (slice(None), slice(None)) + tuple(
+                slice(i * d, i * d + (o - 1) * s + 1, s)
+                for i, d, s, o in zip(offset, dilation, stride, out_shape))
+            buf[sl] += src[(slice(None), slice(None)) + offset
+                           + (slice(None),) * nd]
+    if buf is not dx:
+        dx[...] = _interior(buf, pad, dx.shape[2:])
+    return dx
