@@ -155,12 +155,12 @@ class SoftmaxWithLossLayer(LossLayer):
         _no_label_backward(self, propagate_down)
         if not propagate_down[0]:
             return
-        dx = self.prob.copy()
+        dx = bottom[0].diff.reshape(self.prob.shape)
+        np.copyto(dx, self.prob)
         o, i = np.nonzero(self.valid)
         dx[o, self.lab[o, i], i] -= 1
         dx *= self.valid[:, None, :]
         dx *= _loss_weight(top) / self.norm
-        bottom[0].diff[...] = dx.reshape(bottom[0].shape)
 
 
 # -- EuclideanLoss -----------------------------------------------------------
