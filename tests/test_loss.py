@@ -36,7 +36,7 @@ def rand(*shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-# -- golden cases ------------------------------------------------------------
+# -- golden cases -------------------------------------------------------------
 GOLDEN = ["swl_axis", "swl_batch_size", "swl_full", "swl_none",
           "swl_normalize_false", "swl_spatial", "swl_valid_ignore",
           "euclidean", "sigmoid_ce", "hinge_l1", "hinge_l2", "infogain",
@@ -60,7 +60,7 @@ def test_v1_names(v1, v2):
     assert v1_type_name(v1) == v2
 
 
-# -- SoftmaxWithLoss -----------------------------------------------------------
+# -- SoftmaxWithLoss ----------------------------------------------------------
 def test_swl_hand_computed_and_shapes():
     x = np.array([[0.0, 0.0], [np.log(3.0), 0.0]])
     y = np.array([0, 1])
@@ -131,7 +131,8 @@ def test_swl_gradient(extra):
 
 
 def test_swl_errors():
-    with pytest.raises(LayerError, match=r"number of labels.*\(2, 3\).*\(2, 2\)"):
+    with pytest.raises(LayerError,
+                       match=r"number of labels.*\(2, 3\).*\(2, 2\)"):
         make_layer(SWL, [rand(2, 3), np.zeros((2, 2))])
     layer, bottom, top = make_layer(SWL, [rand(2, 3), np.array([0, 3])])
     with pytest.raises(LayerError, match=r"label 3 is out of range.*\[0, 3\)"):
@@ -152,7 +153,7 @@ def test_swl_ignore_label_outside_range_is_fine():
     assert np.isfinite(top[0].data)
 
 
-# -- EuclideanLoss -------------------------------------------------------------------
+# -- EuclideanLoss ------------------------------------------------------------
 EUC = 'type: "EuclideanLoss" bottom: "a" bottom: "b" top: "loss"'
 
 
@@ -175,13 +176,14 @@ def test_euclidean_propagate_down_and_errors():
     bottom[0].diff[...] = 7
     backward(layer, bottom, top, [False, True])
     assert np.all(bottom[0].diff == 7)
-    with pytest.raises(LayerError, match=r"same dimension.*\(2, 3\).*\(2, 4\)"):
+    with pytest.raises(LayerError,
+                       match=r"same dimension.*\(2, 3\).*\(2, 4\)"):
         make_layer(EUC, [rand(2, 3), rand(2, 4)])
     with pytest.raises(LayerError, match="same first dimension"):
         make_layer(EUC, [rand(2, 3), rand(3, 2)])
 
 
-# -- SigmoidCrossEntropyLoss ---------------------------------------------------------
+# -- SigmoidCrossEntropyLoss --------------------------------------------------
 SCE = 'type: "SigmoidCrossEntropyLoss" bottom: "x" bottom: "t" top: "loss" '
 
 
@@ -225,7 +227,7 @@ def test_sigmoid_ce_gradient_and_errors():
         make_layer(SCE, [rand(2, 3), rand(2, 4)])
 
 
-# -- HingeLoss ------------------------------------------------------------------------
+# -- HingeLoss ----------------------------------------------------------------
 def hinge(norm):
     return ('type: "HingeLoss" bottom: "x" bottom: "y" top: "loss" '
             f'hinge_loss_param {{ norm: {norm} }}')
@@ -264,12 +266,13 @@ def test_hinge_gradient_away_from_kinks(norm):
 def test_hinge_errors():
     with pytest.raises(LayerError, match=r"one label per item \(2\)"):
         make_layer(hinge("L1"), [rand(2, 3), np.zeros((2, 2))])
-    layer, bottom, top = make_layer(hinge("L1"), [rand(2, 3), np.array([0, 5])])
+    layer, bottom, top = make_layer(hinge("L1"),
+                                    [rand(2, 3), np.array([0, 5])])
     with pytest.raises(LayerError, match="label 5 is out of range"):
         run_forward(layer, bottom, top)
 
 
-# -- InfogainLoss ----------------------------------------------------------------------
+# -- InfogainLoss -------------------------------------------------------------
 IG = 'type: "InfogainLoss" bottom: "x" bottom: "y" bottom: "H" top: "loss" '
 
 
@@ -314,8 +317,8 @@ def test_infogain_matrix_from_source(tmp_path):
     text = ('type: "InfogainLoss" bottom: "x" bottom: "y" top: "loss" '
             f'infogain_loss_param {{ source: "{path}" }}')
     layer, bottom, top = forward(text, [x, y])
-    assert np.isclose(top[0].data, infogain_ref(x, y, H.astype(np.float32)) / 4,
-                      rtol=1e-6)
+    want = infogain_ref(x, y, H.astype(np.float32)) / 4
+    assert np.isclose(top[0].data, want, rtol=1e-6)
     check_gradient(text, [x, y], check_bottoms=[0])
 
 
@@ -340,7 +343,7 @@ def test_infogain_errors(tmp_path):
         layer.backward(top, [True, False, True], bottom)
 
 
-# -- MultinomialLogisticLoss ----------------------------------------------------------------
+# -- MultinomialLogisticLoss --------------------------------------------------
 MLL = 'type: "MultinomialLogisticLoss" bottom: "p" bottom: "y" top: "loss"'
 
 
@@ -361,7 +364,7 @@ def test_multinomial_logistic_gradient_and_errors():
         make_layer(MLL, [p, np.zeros((3, 2))])
 
 
-# -- ContrastiveLoss ------------------------------------------------------------------------
+# -- ContrastiveLoss ----------------------------------------------------------
 def contrastive(margin, legacy):
     return ('type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "s" '
             f'top: "loss" contrastive_loss_param {{ margin: {margin} '
@@ -419,7 +422,7 @@ def test_label_bottoms_refuse_forced_backward():
     assert [layer.allow_force_backward(i) for i in range(2)] == [True, False]
 
 
-# -- Accuracy -------------------------------------------------------------------------------
+# -- Accuracy -----------------------------------------------------------------
 ACC = 'type: "Accuracy" bottom: "x" bottom: "y" top: "acc" '
 
 
@@ -468,7 +471,8 @@ def test_accuracy_all_ignored_is_zero_and_no_backward():
 
 def test_accuracy_errors():
     with pytest.raises(LayerError, match=r"top_k \(4\).*number of classes"):
-        make_layer(ACC + "accuracy_param { top_k: 4 }", [rand(2, 3), np.zeros(2)])
+        make_layer(ACC + "accuracy_param { top_k: 4 }",
+                   [rand(2, 3), np.zeros(2)])
     with pytest.raises(LayerError, match="number of labels"):
         make_layer(ACC, [rand(2, 3, 2), np.zeros(2)])
     layer, bottom, top = make_layer(ACC, [rand(2, 3), np.array([0, 3])])

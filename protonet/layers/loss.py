@@ -22,7 +22,7 @@ _FLT_MIN = float(np.finfo(np.float32).tiny)
 _LOG_THRESHOLD = 1e-20
 
 
-# -- helpers shared by the label losses -----------------------------------
+# -- helpers shared by the label losses ---------------------------------------
 def _normalization(layer, default=_NORM.VALID):
     """The NormalizationMode of `loss_param`, honouring the legacy `normalize`.
 
@@ -81,7 +81,8 @@ def _split_axis(layer, bottom, label_blob, axis):
         raise LayerError(layer, f"number of labels must match the number of "
                          f"predictions: with axis {axis}, a prediction of "
                          f"shape {bottom.shape} needs {outer * inner} labels "
-                         f"(outer x inner), got label shape {label_blob.shape}")
+                         f"(outer x inner), got label shape "
+                         f"{label_blob.shape}")
     return axis, outer, bottom.shape[axis], inner
 
 
@@ -100,7 +101,7 @@ def _num(blob):
     return blob.shape[0] if blob.num_axes else 1
 
 
-# -- SoftmaxWithLoss ---------------------------------------------------------
+# -- SoftmaxWithLoss ----------------------------------------------------------
 @register("SoftmaxWithLoss", v1="SOFTMAX_LOSS")
 class SoftmaxWithLossLayer(LossLayer):
     """Multinomial logistic loss of the softmax of the scores.
@@ -163,7 +164,7 @@ class SoftmaxWithLossLayer(LossLayer):
         dx *= _loss_weight(top) / self.norm
 
 
-# -- EuclideanLoss -----------------------------------------------------------
+# -- EuclideanLoss ------------------------------------------------------------
 @register("EuclideanLoss", v1="EUCLIDEAN_LOSS")
 class EuclideanLossLayer(LossLayer):
     """Half the mean squared distance: loss = sum((a - b)^2) / (2 N).
@@ -202,7 +203,7 @@ class EuclideanLossLayer(LossLayer):
                             out=bottom[i].diff)
 
 
-# -- SigmoidCrossEntropyLoss ----------------------------------------------------
+# -- SigmoidCrossEntropyLoss --------------------------------------------------
 @register("SigmoidCrossEntropyLoss", v1="SIGMOID_CROSS_ENTROPY_LOSS")
 class SigmoidCrossEntropyLossLayer(LossLayer):
     """Cross-entropy of sigmoid(x) against targets t in [0, 1].
@@ -266,7 +267,7 @@ class SigmoidCrossEntropyLossLayer(LossLayer):
         dx *= _loss_weight(top) / self.norm
 
 
-# -- HingeLoss -------------------------------------------------------------------
+# -- HingeLoss ----------------------------------------------------------------
 @register("HingeLoss", v1="HINGE_LOSS")
 class HingeLossLayer(LossLayer):
     """One-vs-all hinge loss for N x K scores and N class labels.
@@ -324,7 +325,7 @@ class HingeLossLayer(LossLayer):
         dx[np.arange(N), self.lab] *= -1
 
 
-# -- InfogainLoss ----------------------------------------------------------------
+# -- InfogainLoss -------------------------------------------------------------
 @register("InfogainLoss", v1="INFOGAIN_LOSS")
 class InfogainLossLayer(LossLayer):
     """Infogain-weighted log loss of the softmax of the scores (BVLC master).
@@ -416,7 +417,7 @@ class InfogainLossLayer(LossLayer):
         bottom[0].diff[...] = dx.reshape(bottom[0].shape)
 
 
-# -- MultinomialLogisticLoss -------------------------------------------------------
+# -- MultinomialLogisticLoss --------------------------------------------------
 @register("MultinomialLogisticLoss", v1="MULTINOMIAL_LOGISTIC_LOSS")
 class MultinomialLogisticLossLayer(LossLayer):
     """Log loss of given probabilities: loss = -sum_n log(max(p[n, y_n],
@@ -453,7 +454,7 @@ class MultinomialLogisticLossLayer(LossLayer):
         dp[np.arange(self.N), self.lab] = -_loss_weight(top) / self.N / self.p
 
 
-# -- ContrastiveLoss ---------------------------------------------------------------
+# -- ContrastiveLoss ----------------------------------------------------------
 @register("ContrastiveLoss", v1="CONTRASTIVE_LOSS")
 class ContrastiveLossLayer(LossLayer):
     """Siamese contrastive loss over pairs (a_n, b_n) with similarity s_n.
@@ -526,7 +527,7 @@ class ContrastiveLossLayer(LossLayer):
                 np.multiply(self.diff, (sign * g * coef)[:, None], out=dx)
 
 
-# -- Accuracy ------------------------------------------------------------------------
+# -- Accuracy -----------------------------------------------------------------
 @register("Accuracy", v1="ACCURACY")
 class AccuracyLayer(Layer):
     """Top-k classification accuracy (forward only).
