@@ -59,7 +59,9 @@ def parse_text(text, message, path=None):
         # protobuf prefixes "line:col : "; keep only the explanation.
         if " : " in msg and msg.split(" : ", 1)[0].replace(":", "").isdigit():
             msg = msg.split(" : ", 1)[1]
-        if "Expected integer" in msg or "Expected double" in msg:
+        if any(k in msg for k in ("Expected integer", "Expected double",
+                                  "Couldn't parse integer",
+                                  "Couldn't parse float")):
             msg += " (is this a template with an unfilled placeholder?)"
         raise ParseError(msg, path, line, col) from None
     except (ValueError, RecursionError) as e:  # e.g. nesting too deep
@@ -77,12 +79,42 @@ def format_text(message):
     return text_format.MessageToString(message)
 
 
+# Leading bytes of files people hand us by mistake.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (use the .h5 loader)"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"PK\x03\x04", "a zip archive (a PyTorch / Keras checkpoint?)"),
+    (b"\x93NUMPY", "a NumPy .npy file"),
+)
+
+
+def _sniff(data):
+    """What `data` looks like when it is evidently not a protobuf message."""
+    for magic, kind in _MAGIC:
+        if data.startswith(magic):
+            return kind
+    head = data[:4096]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if text.strip() and all(c.isprintable() or c.isspace() for c in text):
+        return "a text file (a .prototxt?)"
+    return None
+
+
 def parse_binary(data, message, path=None, what=None):
     """Parse wire-format bytes into `message`; errors name the file."""
+    kind = what or type(message).__name__
+    other = _sniff(data)
+    if other:
+        raise ParseError(f"this is {other}, not a {kind}", path)
     try:
         message.ParseFromString(data)
     except (_message.DecodeError, RuntimeError, ValueError) as e:
-        kind = what or type(message).__name__
         raise ParseError(
             f"not a valid {kind} (truncated, corrupted, or another kind of "
             f"file): {e}", path) from None
@@ -124,6 +156,13 @@ def write_text(path, message):
 
 
 def write_binary(path, message):
+    """Serialise `message` to `path` atomically, without [text-only] fields
+    (see protonet.upgrade.strip_text_only); `message` is not modified."""
+    from .upgrade import has_text_only, strip_text_only
+    if has_text_only(message):
+        copy = type(message)()
+        copy.CopyFrom(message)
+        message = strip_text_only(copy)
     atomic_write(path, message.SerializeToString())
 
 
@@ -192,8 +231,16 @@ def read_caffemodel(path, upgrade=True):
     net = parse_binary(data, caffe_pb2.NetParameter(), path,
                        "binary NetParameter (.caffemodel)")
     if not net.layer and not net.layers:
+        hint = ""
+        state = caffe_pb2.SolverState()
+        try:
+            state.ParseFromString(data)
+            if state.HasField("iter") or state.history:
+                hint = " (it looks like a .solverstate)"
+        except Exception:
+            pass
         raise ParseError("no layers found; not a .caffemodel (NetParameter) "
-                         "file", path)
+                         f"file{hint}", path)
     if upgrade:
         from .upgrade import upgrade_net
         upgrade_net(net, path)
@@ -205,10 +252,18 @@ def write_caffemodel(path, net_param):
 
 
 def read_solverstate(path):
+    """A SolverState from a binary .solverstate file."""
     path = str(path)
     data = _read_bytes(path)
-    return parse_binary(data, caffe_pb2.SolverState(), path,
-                        "binary SolverState (.solverstate)")
+    if not data:
+        raise ParseError("empty file, expected a binary SolverState "
+                         "(.solverstate)", path)
+    state = parse_binary(data, caffe_pb2.SolverState(), path,
+                         "binary SolverState (.solverstate)")
+    if not state.HasField("iter") and not state.history:
+        raise ParseError("no iteration and no history found; not a "
+                         ".solverstate file", path)
+    return state
 
 
 # ---------------------------------------------------------------------------
@@ -223,7 +278,9 @@ def blob_shape(blob):
             blob.HasField("height") or blob.HasField("width"):
         return (blob.num, blob.channels, blob.height, blob.width)
     n = len(blob.double_data) or len(blob.data)
-    return (n,) if n else (0,)
+    # NOTE(caffe): a blob with neither `shape` nor legacy dims has zero axes
+    # (Caffe writes 0-axis blobs, e.g. a shared PReLU slope, that way).
+    return ()
 
 
 def blob_to_array(blob, path=None, what="blob", dtype=np.float32):
@@ -233,10 +290,12 @@ def blob_to_array(blob, path=None, what="blob", dtype=np.float32):
         ParseError: the element count does not match the shape.
     """
     shape = blob_shape(blob)
+    # np.array on upb's repeated container copies in C (~2.5 ns/value);
+    # np.fromiter / list() would go through Python floats (10x slower).
     if len(blob.double_data):
-        arr = np.asarray(blob.double_data, dtype=np.float64)
+        arr = np.array(blob.double_data, dtype=np.float64)
     else:
-        arr = np.asarray(blob.data, dtype=np.float32)
+        arr = np.array(blob.data, dtype=np.float32)
     count = int(np.prod(shape, dtype=np.int64))
     if arr.size != count:
         raise ParseError(f"{what} declares shape {shape} ({count} values) but "
@@ -247,7 +306,7 @@ def blob_to_array(blob, path=None, what="blob", dtype=np.float32):
 def blob_diff_to_array(blob, dtype=np.float32):
     shape = blob_shape(blob)
     src = blob.double_diff if len(blob.double_diff) else blob.diff
-    arr = np.asarray(src, dtype=dtype)
+    arr = np.array(src, dtype=dtype)
     if arr.size != int(np.prod(shape, dtype=np.int64)):
         return None
     return arr.reshape(shape)
@@ -263,11 +322,27 @@ def array_to_blob(arr, blob=None, diff=None, legacy_shape=False):
         n, c, h, w = (1,) * (4 - arr.ndim) + arr.shape
         blob.num, blob.channels, blob.height, blob.width = n, c, h, w
     else:
-        blob.shape.dim.extend(int(d) for d in arr.shape)
-    blob.data.extend(arr.astype(np.float32, copy=False).ravel().tolist())
+        if arr.ndim:  # Caffe writes no `shape` at all for a 0-axis blob
+            blob.shape.dim.extend(int(d) for d in arr.shape)
+    _extend_packed_floats(blob, 5, arr)
     if diff is not None:
-        blob.diff.extend(np.asarray(diff, np.float32).ravel().tolist())
+        _extend_packed_floats(blob, 6, diff)
     return blob
+
+
+def _extend_packed_floats(blob, number, values):
+    """Append float32 `values` to the packed repeated float field `number` of
+    `blob` by merging its wire form: 20x faster than `.extend(list)`."""
+    raw = np.ascontiguousarray(values, dtype="<f4").tobytes()
+    if not raw:
+        return
+    n, length = len(raw), bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    blob.MergeFromString(bytes([(number << 3) | 2]) + bytes(length) + raw)
 
 
 def read_binaryproto(path):
