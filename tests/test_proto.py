@@ -23,8 +23,10 @@ def test_generated_module_in_sync_with_proto(tmp_path):
     assert len(fds.file) == 1
     compiled = fds.file[0]
     _clear_json_names(compiled)  # protoc adds them; generated code omits them
-    generated = descriptor_pb2.FileDescriptorProto()
-    caffe_pb2.DESCRIPTOR.CopyToProto(generated)
+    # The exact descriptor bytes embedded in the generated module (CopyToProto
+    # would re-render float defaults, e.g. 1e-08 as 9.99999994e-09).
+    generated = descriptor_pb2.FileDescriptorProto.FromString(
+        caffe_pb2.DESCRIPTOR.serialized_pb)
     assert compiled.SerializeToString(deterministic=True) == \
         generated.SerializeToString(deterministic=True), (
         "protonet/proto/caffe_pb2.py is stale: regenerate it with grpc_tools "
