@@ -66,7 +66,7 @@ class EmbedLayer(Layer):
         bad = (idx != v) | (idx < 0) | (idx >= self.K)
         if bad.any():
             raise LayerError(self, f"indices must be integers in [0, "
-                             f"{self.K}) (input_dim), got {v[bad][0]!r}")
+                             f"{self.K}) (input_dim), got {float(v[bad][0]):g}")
         return idx
 
     def forward(self, bottom, top):
@@ -186,8 +186,8 @@ class BatchReindexLayer(Layer):
         N = bottom[0].shape[0]
         bad = ~((v >= 0) & (v < N))
         if bad.any():
-            raise LayerError(self, f"index {v[bad][0]!r} in bottom[1] is outside "
-                             f"the batch [0, {N})")
+            raise LayerError(self, f"index {float(v[bad][0]):g} in bottom[1] "
+                             f"is outside the batch [0, {N})")
         return v.astype(np.int64)
 
     def forward(self, bottom, top):
