@@ -3,6 +3,7 @@ schema keeps BVLC Caffe's field numbers."""
 
 import os
 
+import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 
@@ -22,25 +23,38 @@ def test_generated_module_in_sync_with_proto(tmp_path):
     fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     assert len(fds.file) == 1
     compiled = fds.file[0]
-    _clear_json_names(compiled)  # protoc adds them; generated code omits them
     # The exact descriptor bytes embedded in the generated module (CopyToProto
     # would re-render float defaults, e.g. 1e-08 as 9.99999994e-09).
     generated = descriptor_pb2.FileDescriptorProto.FromString(
         caffe_pb2.DESCRIPTOR.serialized_pb)
+    _normalize(compiled)
+    _normalize(generated)
     assert compiled.SerializeToString(deterministic=True) == \
         generated.SerializeToString(deterministic=True), (
         "protonet/proto/caffe_pb2.py is stale: regenerate it with grpc_tools "
         "(see the header of proto/caffe.proto)")
 
 
-def _clear_json_names(file_proto):
-    def clear(msg):
+def _normalize(file_proto):
+    """Drop what differs between protoc's two renderings of one schema:
+    json_name (only in --descriptor_set_out) and the spelling of float
+    defaults (1e-08 vs 9.99999994e-09, the same float32)."""
+    F = descriptor_pb2.FieldDescriptorProto
+
+    def fix(msg):
         for f in msg.field:
             f.ClearField("json_name")
+            if f.type in (F.TYPE_FLOAT, F.TYPE_DOUBLE) and \
+                    f.HasField("default_value"):
+                value = float(f.default_value)
+                if f.type == F.TYPE_FLOAT:
+                    value = float(np.float32(value))
+                f.default_value = repr(value)
         for nested in msg.nested_type:
-            clear(nested)
+            fix(nested)
     for msg in file_proto.message_type:
-        clear(msg)
+        fix(msg)
+    return file_proto
 
 
 # (message, field, number) as in BVLC caffe.proto (master, 9b89154).
