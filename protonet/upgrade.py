@@ -431,31 +431,43 @@ def _upgrade_fork_text_fields(net, path):
 def strip_text_only(message):
     """Clear every [text-only] field and enum value in `message`, recursively.
 
-    Called by protonet.io before a binary file is written, so the numbers we
-    chose for fork spellings never reach a file another Caffe reads.
-    Returns `message`.
+    protonet.io calls it (on a copy) before writing a binary file, so the
+    numbers we chose for fork spellings never reach a file another Caffe
+    reads.  Returns `message`.
     """
+    _text_only_walk(message, strip=True)
+    return message
+
+
+def has_text_only(message):
+    """True if `message` holds any [text-only] field or enum value."""
+    return _text_only_walk(message, strip=False)
+
+
+def _text_only_walk(message, strip):
+    found = False
     for fd, value in message.ListFields():
         if (fd.containing_type.full_name, fd.name) in TEXT_ONLY:
-            message.ClearField(fd.name)
+            found = True
+            if strip:
+                message.ClearField(fd.name)
             continue
         if fd.enum_type is not None:
             bad = {v.number for v in fd.enum_type.values
                    if (fd.enum_type.full_name, v.name) in TEXT_ONLY_ENUM_VALUES}
-            if fd.is_repeated:
-                if any(v in bad for v in value):
-                    keep = [v for v in value if v not in bad]
+            values = list(value) if fd.is_repeated else [value]
+            if bad and any(v in bad for v in values):
+                found = True
+                if strip:
                     message.ClearField(fd.name)
-                    getattr(message, fd.name).extend(keep)
-            elif value in bad:
-                message.ClearField(fd.name)
-        elif fd.message_type is not None:
-            if fd.is_repeated:
-                for item in value:
-                    strip_text_only(item)
-            else:
-                strip_text_only(value)
-    return message
+                    if fd.is_repeated:
+                        getattr(message, fd.name).extend(
+                            v for v in values if v not in bad)
+        elif fd.message_type is not None and \
+                fd.message_type.full_name != "caffe.BlobProto":
+            for item in (value if fd.is_repeated else [value]):
+                found |= _text_only_walk(item, strip)
+    return found
 
 
 # ---------------------------------------------------------------------------
