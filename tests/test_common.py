@@ -395,3 +395,31 @@ def test_parameter_gradient_and_accumulation():
 def test_parameter_negative_dim():
     with pytest.raises(LayerError, match="negative dimension"):
         make_layer('type: "Parameter" top: "p" parameter_param { shape { dim: -2 } }', [])
+
+
+def test_inner_product_empty_batch():
+    layer, bottom, top = forward(ip(3), [np.zeros((0, 4))])
+    assert top[0].shape == (0, 3)
+    layer.backward(top, [True], bottom)
+    assert bottom[0].diff.shape == (0, 4)
+
+
+@pytest.mark.parametrize("params", ["operation: SUM coeff: 2 coeff: -1",
+                                    "operation: MAX"])
+def test_eltwise_in_place_sum_and_max(params):
+    a, b = rand(2, 3, seed=1), rand(2, 3, seed=2)
+    ref, ref_bottom, ref_top = forward(eltwise(2, params), [a, b])
+    ref_top[0].diff[...] = rand(2, 3, seed=3)
+    ref.backward(ref_top, [True, True], ref_bottom)
+    layer = create_layer(layer_param(eltwise(2, params).replace('top: "y"',
+                                                                 'top: "x0"')),
+                         np.float64)
+    x0, x1 = Blob((2, 3), np.float64), Blob((2, 3), np.float64)
+    x0.data[...], x1.data[...] = a, b
+    layer.set_up([x0, x1], [x0])
+    run_forward(layer, [x0, x1], [x0])
+    np.testing.assert_allclose(x0.data, ref_top[0].data)
+    x0.diff[...] = ref_top[0].diff
+    layer.backward([x0], [True, True], [x0, x1])
+    np.testing.assert_allclose(x0.diff, ref_bottom[0].diff)
+    np.testing.assert_allclose(x1.diff, ref_bottom[1].diff)

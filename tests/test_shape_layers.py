@@ -268,3 +268,37 @@ def test_float32_stays_float32(text, shapes):
     _, _, top = forward(text, [rand(*s) for s in shapes], np.float32)
     for t in top:
         assert t.data.dtype == np.float32
+
+
+NET = """
+name: "views"
+force_backward: true
+layer { name: "in" type: "Input" top: "x"
+        input_param { shape { dim: 2 dim: 3 dim: 2 } } }
+layer { name: "flat" type: "Flatten" bottom: "x" top: "f" }
+layer { name: "ip" type: "InnerProduct" bottom: "f" top: "y"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+layer { name: "back" type: "Reshape" bottom: "y" top: "z"
+        reshape_param { shape { dim: 0 dim: 1 dim: -1 } } }
+"""
+
+
+def test_views_follow_input_reshape_in_a_net(tmp_path):
+    from protonet import Net
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET)
+    net = Net(str(path), phase=1)
+    W = net.params["ip"][0].data
+    for batch in (2, 5):
+        x = rand(batch, 3, 2, seed=batch).astype(np.float32)
+        net.blobs["x"].reshape(x.shape)
+        out = net.forward(x=x)["z"]
+        assert out.shape == (batch, 1, 2)
+        np.testing.assert_allclose(out.reshape(batch, 2), x.reshape(batch, 6) @ W.T,
+                                   rtol=1e-5, atol=1e-6)
+        assert np.shares_memory(net.blobs["f"].data, net.blobs["x"].data)
+        assert np.shares_memory(net.blobs["z"].data, net.blobs["y"].data)
+        net.blobs["z"].diff[...] = 1
+        net.backward_from_to()
+        np.testing.assert_allclose(net.blobs["x"].diff.reshape(batch, 6),
+                                   np.ones((batch, 2)) @ W, rtol=1e-5)

@@ -127,11 +127,11 @@ class InnerProductLayer(Layer):
                              f"{axis} but the weights expect {wK} (bottom "
                              f"shape {x.shape})")
         self.axis = axis
-        self.M = x.count_range(0, axis)
+        self.M, self.K = x.count_range(0, axis), K
         top[0].reshape(x.shape[:axis] + (self.num_output,))
 
     def forward(self, bottom, top):
-        x = bottom[0].data.reshape(self.M, -1)
+        x = bottom[0].data.reshape(self.M, self.K)
         W = self.blobs[0].data
         y = top[0].data.reshape(self.M, self.num_output)
         np.dot(x, W if self.transpose else W.T, out=y)
@@ -140,7 +140,7 @@ class InnerProductLayer(Layer):
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.M, self.num_output)
-        x = bottom[0].data.reshape(self.M, -1)
+        x = bottom[0].data.reshape(self.M, self.K)
         if self.param_propagate_down[0]:
             dW = self.blobs[0].diff
             dW += (x.T @ dy) if self.transpose else (dy.T @ x)
@@ -148,7 +148,7 @@ class InnerProductLayer(Layer):
             self.blobs[1].diff += dy.sum(axis=0)
         if propagate_down[0]:
             W = self.blobs[0].data
-            dx = bottom[0].diff.reshape(self.M, -1)
+            dx = bottom[0].diff.reshape(self.M, self.K)
             np.dot(dy, W.T if self.transpose else W, out=dx)
 
 
@@ -201,6 +201,10 @@ class EltwiseLayer(Layer):
     x0 > x1), while a later bottom wins only when strictly greater.
 
     Shape: every bottom must have the same shape; the top has it too.
+
+    In place (top is bottom 0) works for SUM and MAX; PROD's backward needs
+    the bottoms' original data, so in-place PROD gives wrong gradients, as in
+    Caffe.
 
     Supported eltwise_param fields: operation, coeff (SUM only), and
     stable_prod_grad.
@@ -266,6 +270,8 @@ class EltwiseLayer(Layer):
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff
+        if any(top[0] is b for b in bottom):
+            dy = dy.copy()      # in place: writing dx_0 would clobber dy
         if self.op == _EltwiseOp.PROD and self.stable_prod_grad:
             # prefix[i] * suffix[i] = product of every bottom but i.
             xs = [b.data for b in bottom]
