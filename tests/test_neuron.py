@@ -377,6 +377,7 @@ def test_v1_names(v1, v2):
     ('type: "Exp" exp_param { base: -2 }', "exp_param.base"),
     ('type: "Exp" exp_param { base: 0 }', "positive"),
     ('type: "Log" log_param { base: -3 }', "log_param.base"),
+    ('type: "Log" log_param { base: 1 }', "not 1"),
     ('type: "Dropout" dropout_param { dropout_ratio: 1 }', "[0, 1)"),
     ('type: "Dropout" dropout_param { dropout_ratio: -0.1 }', "dropout_ratio"),
     ('type: "Clip" clip_param { min: 2 max: 1 }', "greater than"),

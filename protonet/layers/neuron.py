@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from .. import rng as _rng
-from ..errors import LayerError
+from ..errors import LayerError, UnsupportedError
 from ..layer import NeuronLayer, register
 from ..proto import caffe_pb2
 
@@ -44,6 +44,14 @@ class _Neuron(NeuronLayer):
         """The forward input: the bottom, or its saved copy when in place."""
         return self._bufs["input"] if top[0] is bottom[0] else bottom[0].data
 
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            self._backward(top, bottom)
+
+    def _backward(self, top, bottom):
+        """Assign bottom[0].diff from top[0].diff (default: no backward)."""
+        raise UnsupportedError(self, "this layer has no backward pass")
+
     def _const(self, value):
         """A Python number as a scalar of the layer's dtype (Caffe's Dtype)."""
         return self.dtype.type(value)
@@ -70,6 +78,9 @@ class ReLULayer(_Neuron):
     input; both agree for negative_slope >= 0.  For a negative slope we keep
     the input's sign so the gradient stays correct.
 
+    Masked ufuncs (`where=`) are slow on random signs, so the gradient factor
+    is built as slope * [x <= 0] + [x > 0]: one term is always exactly 0.
+
     Mirrors: src/caffe/layers/relu_layer.cpp
     """
 
@@ -80,30 +91,36 @@ class ReLULayer(_Neuron):
         x, y, slope = bottom[0].data, top[0].data, self.negative_slope
         if slope == 0:
             np.maximum(x, 0, out=y)
-        elif 0 < slope <= 1:
+            return
+        buf = self._buffer("buf", x)
+        if top[0] is bottom[0] and slope < 0:
+            np.less_equal(x, 0, out=self._buffer("neg", x, bool))
+        if 0 < slope <= 1:
             # max(x, slope * x) equals the formula exactly for 0 < slope <= 1.
-            buf = self._buffer("slope_x", x)
             np.multiply(x, slope, out=buf)
             np.maximum(x, buf, out=y)
         else:
-            neg = x <= 0
-            if top[0] is bottom[0] and slope < 0:
-                self._bufs["neg"] = neg
-            _copy_if_distinct(y, x)
-            np.multiply(y, slope, out=y, where=neg)
+            np.minimum(x, 0, out=buf)
+            buf *= slope
+            np.maximum(x, 0, out=y)
+            y += buf
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         x, dx, dy = bottom[0].data, bottom[0].diff, top[0].diff
         slope = self.negative_slope
         if slope == 0:
             np.multiply(dy, x > 0, out=dx)
             return
-        neg = self._bufs["neg"] if (top[0] is bottom[0] and slope < 0) \
-            else x <= 0
-        _copy_if_distinct(dx, dy)
-        np.multiply(dx, slope, out=dx, where=neg)
+        factor = self._buffer("buf", x)
+        if top[0] is bottom[0] and slope < 0:
+            neg = self._bufs["neg"]
+            np.multiply(neg, slope, out=factor)
+            np.add(factor, ~neg, out=factor)
+        else:
+            np.less_equal(x, 0, out=factor)
+            factor *= slope
+            np.add(factor, x > 0, out=factor)
+        np.multiply(dy, factor, out=dx)
 
 
 @register("PReLU")
@@ -181,10 +198,13 @@ class PReLULayer(_Neuron):
                 (buf3,), _ = self._views(buf)
                 self.blobs[0].diff += buf3.sum(axis=(0, 2))
         if propagate_down[0]:
-            dx = bottom[0].diff
-            _copy_if_distinct(dx, dy)
-            (dx3, x3), slope = self._views(dx, x)
-            np.multiply(dx3, slope, out=dx3, where=x3 <= 0)
+            # a_c * [x <= 0] + [x > 0], exact since one term is 0.
+            factor = self._buffer("neg", x)
+            np.less_equal(x, 0, out=factor)
+            (factor3,), slope = self._views(factor)
+            factor3 *= slope
+            np.add(factor, x > 0, out=factor)
+            np.multiply(dy, factor, out=bottom[0].diff)
 
 
 @register("ELU")
@@ -217,15 +237,15 @@ class ELULayer(_Neuron):
         np.maximum(x, 0, out=y)
         y += buf
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         y, dy, dx = top[0].data, top[0].diff, bottom[0].diff
         pos = y > 0 if self.alpha >= 0 else self._input(bottom, top) > 0
-        buf = self._buffer("buf", y)
-        np.add(y, self.alpha, out=buf)
-        np.copyto(buf, 1, where=pos)
-        np.multiply(dy, buf, out=dx)
+        # (y + alpha) * [x <= 0] + [x > 0], exact since one term is 0.
+        factor = self._buffer("buf", y)
+        np.add(y, self.alpha, out=factor)
+        factor *= ~pos
+        factor += pos
+        np.multiply(dy, factor, out=dx)
 
 
 @register("Sigmoid", v1="SIGMOID")
@@ -247,9 +267,7 @@ class SigmoidLayer(_Neuron):
         y *= 0.5
         y += 0.5
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         y, dy, dx = top[0].data, top[0].diff, bottom[0].diff
         buf = self._buffer("buf", y) if dx is dy else dx
         np.subtract(1, y, out=buf)
@@ -269,9 +287,7 @@ class TanHLayer(_Neuron):
     def forward(self, bottom, top):
         np.tanh(bottom[0].data, out=top[0].data)
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         y, dy, dx = top[0].data, top[0].diff, bottom[0].diff
         buf = self._buffer("buf", y) if dx is dy else dx
         np.multiply(y, y, out=buf)
@@ -292,9 +308,7 @@ class AbsValLayer(_Neuron):
         self._save_input(bottom, top)
         np.abs(bottom[0].data, out=top[0].data)
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         x, dy = self._input(bottom, top), top[0].diff
         sign = self._buffer("sign", x)
         np.sign(x, out=sign)
@@ -309,9 +323,9 @@ class BNLLLayer(_Neuron):
 
     Shape: top has the bottom's shape.
 
-    NOTE(caffe): the forward is evaluated in an overflow-free form
-    (np.logaddexp); the backward clamps x at 50 before exponentiating, as
-    Caffe's kBNLL_THRESHOLD does.
+    NOTE(caffe): the forward is Caffe's overflow-free form
+    max(x, 0) + log(1 + exp(-|x|)); the backward clamps x at 50 before
+    exponentiating, as Caffe's kBNLL_THRESHOLD does.
 
     Mirrors: src/caffe/layers/bnll_layer.cpp
     """
@@ -320,11 +334,16 @@ class BNLLLayer(_Neuron):
 
     def forward(self, bottom, top):
         self._save_input(bottom, top)
-        np.logaddexp(0, bottom[0].data, out=top[0].data)
+        x, y = bottom[0].data, top[0].data
+        buf = self._buffer("exp", x)
+        np.abs(x, out=buf)
+        np.negative(buf, out=buf)
+        np.exp(buf, out=buf)
+        np.log1p(buf, out=buf)
+        np.maximum(x, 0, out=y)
+        y += buf
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         x, dy, dx = self._input(bottom, top), top[0].diff, bottom[0].diff
         e = self._buffer("exp", x)
         np.minimum(x, self.THRESHOLD, out=e)
@@ -338,13 +357,11 @@ class BNLLLayer(_Neuron):
 class PowerLayer(_Neuron):
     """Power of an affine function: y = (shift + scale * x) ^ power.
 
-    dx = dy * power * scale * (shift + scale * x) ^ (power - 1), computed
-    as Caffe does: a constant power * scale when power is 1 (or when
-    power * scale is 0, where the output ignores x and dx = 0);
-    power * scale * (scale * x + shift) for power 2;
-    power * y / x when shift is 0; power * scale * y / (scale * x + shift)
-    otherwise.  (The y / x forms give NaN or inf where x or the base is 0,
-    exactly as in Caffe.)
+    dx = dy * power * scale * (shift + scale * x) ^ (power - 1), in Caffe's
+    forms: power * scale for power 1 (0 when power * scale is 0: y is then
+    constant); power * scale * (scale * x + shift) for power 2; power * y / x
+    for shift 0; else power * scale * y / (scale * x + shift) (NaN or inf
+    where x or the base is 0, as in Caffe).
 
     Shape: top has the bottom's shape.  Supports power_param.power, scale
     and shift.
@@ -376,9 +393,7 @@ class PowerLayer(_Neuron):
         if self.power != 1:
             np.power(y, self.power, out=y)
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         dy, dx = top[0].diff, bottom[0].diff
         if self.diff_scale == 0:
             dx[...] = 0
@@ -423,13 +438,9 @@ class ExpLayer(_Neuron):
                              f"positive, got {p.base}")
         log_base = 1.0 if p.base == -1 else math.log(p.base)
         self.inner_scale = self._const(self._const(log_base) * self._const(p.scale))
-        if p.shift == 0:
-            outer = 1.0
-        elif p.base == -1:
-            outer = math.exp(p.shift)
-        else:
-            outer = p.base ** p.shift
-        self.outer_scale = self._const(outer)
+        self.outer_scale = self._const(
+            1.0 if p.shift == 0 else
+            math.exp(p.shift) if p.base == -1 else p.base ** p.shift)
 
     def forward(self, bottom, top):
         x, y = bottom[0].data, top[0].data
@@ -441,9 +452,7 @@ class ExpLayer(_Neuron):
         if self.outer_scale != 1:
             y *= self.outer_scale
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         dx = bottom[0].diff
         np.multiply(top[0].data, top[0].diff, out=dx)
         if self.inner_scale != 1:
@@ -457,17 +466,17 @@ class LogLayer(_Neuron):
 
     base -1 (the default) means e.
 
-    Shape: top has the bottom's shape.  Supports log_param.base (> 0 or -1),
-    scale and shift.
+    Shape: top has the bottom's shape.  Supports log_param.base (-1, or > 0
+    and not 1), scale and shift.
 
     Mirrors: src/caffe/layers/log_layer.cpp
     """
 
     def setup(self, bottom, top):
         p = self.param.log_param
-        if p.base != -1 and not p.base > 0:
+        if p.base != -1 and not (p.base > 0 and p.base != 1):
             raise LayerError(self, f"log_param.base must be -1 (for e) or "
-                             f"positive, got {p.base}")
+                             f"positive and not 1, got {p.base}")
         self.base_scale = self._const(
             1.0 if p.base == -1 else 1.0 / self._const(math.log(p.base)))
         self.scale = self._const(p.scale)
@@ -490,9 +499,7 @@ class LogLayer(_Neuron):
         if self.base_scale != 1:
             y *= self.base_scale
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         x = self._input(bottom, top)
         g = self._buffer("grad", x)
         self._affine(x, g)
@@ -562,9 +569,7 @@ class DropoutLayer(_Neuron):
         mask *= self.scale
         np.multiply(x, mask, out=y)
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         dy, dx = top[0].diff, bottom[0].diff
         if self.train:
             np.multiply(dy, self._bufs["mask"], out=dx)
@@ -601,9 +606,7 @@ class ClipLayer(_Neuron):
         np.minimum(x, self.max, out=y)
         np.maximum(y, self.min, out=y)
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         x, dy, dx = self._input(bottom, top), top[0].diff, bottom[0].diff
         inside = self._buffer("inside", x, bool)
         np.greater_equal(x, self.min, out=inside)
@@ -634,9 +637,7 @@ class SwishLayer(_Neuron):
         s += 0.5
         np.multiply(x, s, out=y)
 
-    def backward(self, top, propagate_down, bottom):
-        if not propagate_down[0]:
-            return
+    def _backward(self, top, bottom):
         y, dy, dx = top[0].data, top[0].diff, bottom[0].diff
         s = self._bufs["sigmoid"]
         g = self._buffer("grad", y)
