@@ -176,7 +176,9 @@ class _BaseConvolutionLayer(Layer):
         K = self.img_channels * int(np.prod(self.kernel))
         P = int(np.prod(self.col_shape))
         per_image = K * P * self.dtype.itemsize
-        self.chunk = max(1, min(self.num, COL_BUFFER_BYTES // max(per_image, 1)))
+        # 1x1 convolutions need no column buffer: one GEMM over the batch.
+        self.chunk = self.num if self.is_1x1 else \
+            max(1, min(self.num, COL_BUFFER_BYTES // max(per_image, 1)))
         self._cols = None if self.is_1x1 else \
             np.empty(self.chunk * K * P, self.dtype)
         self._padded = (self.chunk, self.img_channels) + tuple(
