@@ -36,6 +36,9 @@ def check_policy(param, path=None):
     """Raise SolverError for an unknown policy or missing/invalid fields."""
     where = path or "<solver>"
     policy = param.lr_policy
+    if not param.HasField("lr_policy"):
+        raise SolverError(f"{where}: lr_policy: not set; choose one of "
+                          f"{', '.join(POLICIES)}")
     if policy not in POLICIES:
         raise SolverError(f"{where}: lr_policy: unknown learning rate policy "
                           f"'{policy}' (known: {', '.join(POLICIES)})")

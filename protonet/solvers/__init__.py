@@ -23,12 +23,13 @@ def solver_class(type_name, where="<solver>"):
     return cls
 
 
-def get_solver(solver, action_request=None):
+def get_solver(solver, action_request=None, path=None):
     """Build the solver a solver prototxt (path, text or SolverParameter)
-    asks for (pycaffe's `caffe.get_solver`)."""
-    param, path = load_solver_param(solver)
+    asks for (pycaffe's `caffe.get_solver`); `path` names the file a
+    SolverParameter was read from."""
+    param, path = load_solver_param(solver, path)
     cls = solver_class(param.type, path or "<solver>")
-    return cls(param if path is None else path, action_request=action_request)
+    return cls(param, action_request=action_request, path=path)
 
 
 __all__ = ["AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "NesterovSolver",

@@ -45,9 +45,8 @@ def load_solver_param(solver, path=None):
         param.CopyFrom(solver)
         from ..upgrade import upgrade_solver
         upgrade_solver(param, path)
-    elif isinstance(solver, (str, os.PathLike)) and \
-            not str(solver).lstrip().startswith(("net", "#")) and \
-            "\n" not in str(solver) and "{" not in str(solver):
+    elif isinstance(solver, os.PathLike) or os.path.exists(str(solver)) or \
+            ":" not in str(solver):
         path = str(solver)
         param = _io.read_solver(path)
     else:
@@ -69,6 +68,8 @@ class Solver:
 
     Args:
         solver: solver prototxt path, prototxt text, or SolverParameter.
+        path: the file a SolverParameter came from (relative net paths,
+            default snapshot_prefix, error messages).
         action_request: optional callable returning 'none', 'snapshot' or
             'stop', polled after every iteration and test batch (Caffe's
             signal handling; see `protonet.cli`).
@@ -78,8 +79,8 @@ class Solver:
 
     type_name = None
 
-    def __init__(self, solver, action_request=None):
-        self.param, self.path = load_solver_param(solver)
+    def __init__(self, solver, action_request=None, path=None):
+        self.param, self.path = load_solver_param(solver, path)
         self.where = self.path or "<solver>"
         self.action_request = action_request
         self._check_param()
@@ -98,6 +99,7 @@ class Solver:
         self.smoothed_loss = 0.0
         self.losses = []
         self.test_results = []
+        self.test_loss = {}
         self._init_train_net()
         self._init_test_nets()
         self.history = [np.zeros(b.shape, f32) for b in self.net.learnable_params]
@@ -348,8 +350,8 @@ class Solver:
 
     def test(self, test_net_id=0):
         """Forward test net `test_net_id` test_iter times; returns a dict of
-        mean scores per output blob name (lists) plus 'loss' when
-        test_compute_loss."""
+        mean scores (lists) per output blob name. With test_compute_loss the
+        mean loss is also kept in `self.test_loss[test_net_id]`."""
         p = self.param
         caffelog.info(f"Iteration {self.iter}, Testing net (#{test_net_id})",
                       "solver.cpp:330")
@@ -385,7 +387,7 @@ class Solver:
             loss /= f32(n)
             caffelog.info(f"Test loss: {caffelog.format_number(loss)}",
                           "solver.cpp:380")
-            result["loss"] = float(loss)
+            self.test_loss[test_net_id] = float(loss)
         self._log_outputs(net, means, "Test", "solver.cpp:397")
         return result
 
@@ -449,6 +451,9 @@ class Solver:
         """Write the weights and the solver state (plus protonet's sidecar);
         returns (model file, state file)."""
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        folder = os.path.dirname(self.param.snapshot_prefix)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
         if hdf5:
             model = self.snapshot_filename(".caffemodel.h5")
             caffelog.info(f"Snapshotting to HDF5 file {model}", "solver.cpp:464")
