@@ -381,8 +381,12 @@ class Im2colLayer(Layer):
                        + self.out_shape)
         padded = (self.num, self.channels) + tuple(
             i + 2 * q for i, q in zip(self.in_shape, self.pad))
-        self._pad_in = np.zeros(padded, self.dtype) if any(self.pad) else None
-        self._pad_acc = None
+        if not any(self.pad):
+            self._pad_in = self._pad_acc = None
+        elif getattr(self, "_pad_in", None) is None or \
+                self._pad_in.shape != padded:
+            self._pad_in = np.zeros(padded, self.dtype)
+            self._pad_acc = None
 
     def forward(self, bottom, top):
         x = bottom[0].data.reshape((self.num, self.channels) + self.in_shape)

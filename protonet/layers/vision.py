@@ -150,9 +150,13 @@ class PoolingLayer(Layer):
         Wp = max(pw + W, (PW - 1) * sw + kw)
         self._direct = self.global_pooling or (Hp, Wp) == (H, W)
         fill = -np.inf if self.pool == _PP.MAX else 0
-        self._xp = None if self._direct else \
-            np.full((N, C, Hp, Wp), fill, self.dtype)
-        self._dxp = None
+        if self._direct:
+            self._xp = self._dxp = None
+        elif getattr(self, "_xp", None) is None or \
+                self._xp.shape != (N, C, Hp, Wp):
+            # Reused across forwards: only the interior is ever rewritten.
+            self._xp = np.full((N, C, Hp, Wp), fill, self.dtype)
+            self._dxp = None
         # AVE divisor: the window clipped to H+pad (padding cells count).
         hs = np.arange(PH) * sh - ph
         ws = np.arange(PW) * sw - pw
