@@ -51,8 +51,16 @@ def test_corpus_net_shapes_match_caffe(shape_file, built):
 
 
 def _run(rel):
-    net = Net(os.path.join(CORPUS, rel), phase=protonet.TEST)
+    param = protonet.io.read_net(os.path.join(CORPUS, rel))
+    param.force_backward = True
+    net = Net(param, phase=protonet.TEST)
     gen = np.random.default_rng(0)
+    # Untrained BatchNorm statistics are zero (variance 0 -> x / sqrt(eps)),
+    # which overflows deep nets; give them unit variance as trained ones have.
+    for layer in net.layers:
+        if layer.type == "BatchNorm":
+            layer.blobs[1].data[...] = 1
+            layer.blobs[2].data[...] = 1
     for name in net.inputs:
         blob = net.blobs[name]
         blob.reshape((1,) + blob.shape[1:])
@@ -64,7 +72,6 @@ def _run(rel):
         out = net.blobs[name]
         assert np.all(np.isfinite(out.data)), f"{rel}: non-finite output {name}"
         out.diff[...] = gen.standard_normal(out.shape)
-    net.force_backward = True
     net.backward_from_to()
     for name in net.inputs:
         assert net.blobs[name].has_diff
