@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     conv,
     common,
     data,
+    db_data,
     detection,
     indexing,
     loss,

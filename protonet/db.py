@@ -1,0 +1,318 @@
+"""Key/value databases of `Datum` records, as Caffe's `db::DB` (LMDB).
+
+Mirrors: src/caffe/util/db_lmdb.cpp, src/caffe/util/io.cpp (CVMatToDatum,
+DecodeDatum*) and include/caffe/util/db.hpp.
+
+A database is a folder with LMDB's `data.mdb` / `lock.mdb`; keys are bytes
+(Caffe's `%08d_<filename>`), values serialized `caffe_pb2.Datum`.  The `lmdb`
+package and Pillow are imported only when needed, with an error saying how
+to install them.  Pixels are kept in Caffe's (OpenCV's) BGR channel order.
+
+LevelDB: no maintained LevelDB binding ships with protonet's dependencies;
+opening a LevelDB source raises a DataError explaining how to rebuild the
+data as LMDB with `protonet convert-imageset`.
+"""
+
+import io as _pyio
+import os
+
+import numpy as np
+
+from .errors import DataError, ProtonetError
+from .proto import caffe_pb2
+
+LMDB, LEVELDB = 1, 0
+_COMMIT_EVERY = 1000
+
+
+def require_lmdb():
+    """Import the `lmdb` package or raise a ProtonetError saying how."""
+    try:
+        import lmdb
+    except ImportError:
+        raise ProtonetError("LMDB databases need the lmdb package; install it "
+                            "with `pip install lmdb` (or `pip install "
+                            "protonet[lmdb]`)") from None
+    return lmdb
+
+
+def require_pil():
+    """Import Pillow's Image module or raise a ProtonetError saying how."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ProtonetError("reading or writing images needs Pillow; install "
+                            "it with `pip install Pillow` (or `pip install "
+                            "protonet[images]`)") from None
+    return Image
+
+
+def _leveldb_error(path):
+    return DataError(
+        f"{path}: LevelDB databases are not supported (no maintained LevelDB "
+        "binding is a protonet dependency). Rebuild the data as LMDB from the "
+        "images: `protonet convert-imageset --backend lmdb ROOTFOLDER/ "
+        "LISTFILE DB_NAME` (Caffe's `convert_imageset` flags), then set "
+        "`backend: LMDB` in data_param.")
+
+
+def check_backend(backend, path):
+    """Raise unless `backend` (DataParameter.DB value or name) is LMDB."""
+    if backend in (LEVELDB, "leveldb", "LEVELDB"):
+        raise _leveldb_error(path)
+    if backend not in (LMDB, "lmdb", "LMDB"):
+        raise DataError(f"{path}: unknown database backend {backend!r} "
+                        "(only lmdb is supported)")
+
+
+# ---------------------------------------------------------------------------
+# Reading
+
+
+class Cursor:
+    """A read-only LMDB cursor that wraps around to the first record.
+
+    Opened inside the thread that uses it (LMDB read transactions belong to
+    one thread unless opened without locks, which is what is done here,
+    as Caffe's MDB_RDONLY | MDB_NOTLS).
+    """
+
+    def __init__(self, path):
+        lmdb = require_lmdb()
+        self.path = os.fspath(path)
+        if not os.path.isdir(self.path):
+            raise DataError(f"{self.path}: no such LMDB database (expected a "
+                            "folder holding data.mdb)")
+        try:
+            self.env = lmdb.open(self.path, readonly=True, lock=False,
+                                 readahead=False, max_readers=256)
+        except lmdb.Error as e:
+            raise DataError(f"{self.path}: cannot open LMDB database: {e}") \
+                from None
+        self.txn = self.env.begin(buffers=False)
+        self.cursor = self.txn.cursor()
+        if not self.cursor.first():
+            self.close()
+            raise DataError(f"{self.path}: the LMDB database holds no records")
+
+    def key(self):
+        return self.cursor.key()
+
+    def value(self):
+        return self.cursor.value()
+
+    def next(self):
+        """Advance; at the end restart from the first record (returns True
+        when it wrapped)."""
+        if self.cursor.next():
+            return False
+        self.cursor.first()
+        return True
+
+    def seek(self, key):
+        """Position at `key` (bytes); DataError when it is absent."""
+        if not self.cursor.set_key(key):
+            raise DataError(f"{self.path}: record key {key!r} not found "
+                            "(was the database rebuilt since the snapshot?)")
+
+    def close(self):
+        if self.env is not None:
+            self.txn.abort()
+            self.env.close()
+            self.env = None
+
+    def __len__(self):
+        return self.env.stat()["entries"]
+
+
+def read_datums(path):
+    """Yield (key, Datum) for every record of the LMDB at `path`, in order."""
+    lmdb = require_lmdb()
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: no such LMDB database (expected a folder "
+                        "holding data.mdb)")
+    env = lmdb.open(path, readonly=True, lock=False, readahead=False)
+    try:
+        with env.begin() as txn:
+            for key, value in txn.cursor():
+                yield key, parse_datum(value, path, key)
+    finally:
+        env.close()
+
+
+def parse_datum(value, path="<db>", key=b""):
+    """A serialized Datum; DataError naming the database and key if bad."""
+    datum = caffe_pb2.Datum()
+    try:
+        datum.ParseFromString(value)
+    except Exception as e:  # protobuf raises DecodeError
+        raise DataError(f"{path}: record {_show_key(key)}: not a Datum "
+                        f"({e})") from None
+    return datum
+
+
+def _show_key(key):
+    if isinstance(key, bytes):
+        return repr(key.decode("utf-8", "replace"))
+    return repr(key)
+
+
+# ---------------------------------------------------------------------------
+# Datum <-> array
+
+
+def decode_image(data, color=None, where="<bytes>"):
+    """Decode JPEG/PNG bytes (or a file path) to a uint8 (C, H, W) array in
+    BGR order, as OpenCV's imread/imdecode.
+
+    Args:
+        color: True = 3 channels (IMREAD_COLOR), False = 1 channel
+            (IMREAD_GRAYSCALE), None = as stored (IMREAD_ANYCOLOR).
+        where: what to name in the DataError when decoding fails.
+    """
+    Image = require_pil()
+    try:
+        src = _pyio.BytesIO(data) if isinstance(data, bytes) else data
+        with Image.open(src) as img:
+            img.load()
+            if color is None:
+                color = img.mode not in ("1", "L", "I", "I;16", "F", "LA")
+            img = img.convert("RGB" if color else "L")
+            arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"{where}: cannot decode image: {e}") from None
+    if arr.ndim == 2:
+        return arr[None].copy()
+    # NOTE(caffe): OpenCV keeps BGR; datums and mean files are BGR.
+    return np.ascontiguousarray(arr[:, :, ::-1].transpose(2, 0, 1))
+
+
+def encode_image(arr, fmt="png"):
+    """Encode a uint8 (C, H, W) BGR (or gray) array as PNG/JPEG bytes."""
+    Image = require_pil()
+    arr = np.asarray(arr, np.uint8)
+    img = (Image.fromarray(arr[0]) if arr.shape[0] == 1 else
+           Image.fromarray(np.ascontiguousarray(arr[::-1].transpose(1, 2, 0))))
+    fmt = fmt.lower()
+    name = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "bmp": "BMP"}.get(fmt)
+    if name is None:
+        raise DataError(f"unsupported encode_type {fmt!r} (use png, jpg or "
+                        "bmp)")
+    buf = _pyio.BytesIO()
+    img.save(buf, format=name, **({"quality": 95} if name == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def array_to_datum(arr, label=0):
+    """A raw Datum from a (C, H, W) array: uint8 arrays go to `data`, any
+    other dtype to `float_data` (Caffe's CVMatToDatum / array_to_datum)."""
+    arr = np.asarray(arr)
+    if arr.ndim != 3:
+        raise DataError(f"a Datum holds a (C, H, W) array, got shape "
+                        f"{arr.shape}")
+    datum = caffe_pb2.Datum(channels=arr.shape[0], height=arr.shape[1],
+                            width=arr.shape[2], label=int(label))
+    if arr.dtype == np.uint8:
+        datum.data = arr.tobytes()
+    else:
+        datum.float_data.extend(arr.astype(np.float32).ravel())
+    return datum
+
+
+def datum_to_array(datum, path="<db>", key=b"", color=None):
+    """The (C, H, W) array of a Datum: uint8 for `data` and encoded images,
+    float32 for `float_data`.
+
+    Args:
+        color: for encoded datums: True/False force 3/1 channels, None keeps
+            the stored channels (Caffe's DecodeDatumToCVMatNative).
+
+    Raises:
+        DataError: naming the database, the record key and the field when
+            the sizes do not agree or the image does not decode.
+    """
+    where = f"{path}: record {_show_key(key)}"
+    if datum.encoded:
+        return decode_image(datum.data, color, where=f"{where}, field 'data' "
+                            "(encoded)")
+    shape = (datum.channels, datum.height, datum.width)
+    count = int(np.prod(shape))
+    if count <= 0:
+        raise DataError(f"{where}: channels/height/width must be positive, "
+                        f"got {shape}")
+    if datum.data:
+        if len(datum.data) != count:
+            raise DataError(f"{where}: field 'data' holds {len(datum.data)} "
+                            f"bytes but channels*height*width = {shape} "
+                            f"needs {count}")
+        return np.frombuffer(datum.data, np.uint8).reshape(shape)
+    if len(datum.float_data) != count:
+        raise DataError(f"{where}: field 'float_data' holds "
+                        f"{len(datum.float_data)} values but channels*height*"
+                        f"width = {shape} needs {count}")
+    return np.asarray(datum.float_data, np.float32).reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# Writing
+
+
+class Writer:
+    """Create a NEW LMDB database and put records, committing every 1000
+    (as Caffe's tools).  Use as a context manager or call `close()`."""
+
+    def __init__(self, path, map_size=1 << 30):
+        self._lmdb = require_lmdb()
+        self.path = os.fspath(path)
+        if os.path.exists(self.path):
+            raise DataError(f"{self.path}: already exists; Caffe's tools "
+                            "create a new database (remove it first)")
+        # NOTE(caffe): the database is a folder, made like Caffe's mkdir.
+        os.makedirs(self.path)
+        self.env = self._lmdb.open(self.path, map_size=map_size)
+        self.pending = []
+
+    def put(self, key, value):
+        if isinstance(key, str):
+            key = key.encode("utf-8")
+        if not isinstance(value, bytes):
+            value = value.SerializeToString()
+        self.pending.append((key, value))
+        if len(self.pending) >= _COMMIT_EVERY:
+            self.commit()
+
+    def commit(self):
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    for k, v in self.pending:
+                        txn.put(k, v)
+                break
+            except self._lmdb.MapFullError:
+                # NOTE(caffe): db_lmdb.cpp doubles the map size when full.
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+        self.pending = []
+
+    def close(self):
+        if self.env is not None:
+            self.commit()
+            self.env.close()
+            self.env = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_datums(path, items):
+    """Write an iterable of (key, Datum) to a new LMDB at `path`; returns
+    the number of records."""
+    n = 0
+    with Writer(path) as w:
+        for key, datum in items:
+            w.put(key, datum)
+            n += 1
+    return n
