@@ -12,7 +12,7 @@ from protonet import rng
 from protonet.errors import LayerError, UnsupportedError
 from protonet.layers.vision import pooled_size
 from protonet.proto import caffe_pb2
-from protonet.testing import check_gradient, make_layer
+from protonet.testing import check_gradient, make_layer, run_forward
 
 
 def naive_pool(x, pool, k, s, p, ceil=True):
@@ -210,7 +210,7 @@ def test_stochastic_train_samples_proportionally_and_routes_gradient():
      LayerError, "pad_h"),
     (pool_text("MAX", "kernel_size: 2"), (1, 5, 5), LayerError, "4 axes"),
     (pool_text("MAX", "kernel_size: 7"), (1, 1, 5, 5), LayerError,
-     "larger than the padded bottom"),
+     "leaves no output"),
     (pool_text("STOCHASTIC", "kernel_size: 3 pad: 1"), (1, 1, 5, 5),
      UnsupportedError, "pad"),
     (pool_text("AVE", "kernel_size: 2", tops=2), (1, 1, 5, 5), LayerError,
@@ -319,3 +319,15 @@ def test_crop_bad_parameters(param, ref, words):
     "pool_rect", "spp", "crop"])
 def test_golden(case):
     run_case("layers", case)
+
+
+def test_kernel_larger_than_bottom_is_clipped_as_in_caffe():
+    """NOTE(caffe): openpose's deploy net pools a 1x1 map with a 2x2 kernel,
+    stride 2; Caffe gives a 1x1 output over the clipped window."""
+    x = np.array([[[[3.0]]]])
+    for pool, want in (("MAX", 3.0), ("AVE", 3.0 / 1)):
+        layer, bottom, top = make_layer(
+            pool_text(pool, "kernel_size: 2 stride: 2"), [x])
+        run_forward(layer, bottom, top)
+        assert top[0].shape == (1, 1, 1, 1)
+        assert top[0].data[0, 0, 0, 0] == want

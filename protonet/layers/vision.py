@@ -136,12 +136,14 @@ class PoolingLayer(Layer):
         if ph >= kh or pw >= kw:
             raise LayerError(self, f"pad {self.pad} must be smaller than the "
                              f"kernel {self.kernel}")
-        if H + 2 * ph < kh or W + 2 * pw < kw:
-            raise LayerError(self, f"kernel {self.kernel} is larger than the "
-                             f"padded bottom (shape {bottom[0].shape}, pad "
-                             f"{self.pad})")
+        # NOTE(caffe): a kernel larger than the padded bottom is allowed (the
+        # window is clipped to the bottom); only an empty output is an error.
         PH = pooled_size(H, kh, sh, ph, self.ceil)
         PW = pooled_size(W, kw, sw, pw, self.ceil)
+        if PH <= 0 or PW <= 0:
+            raise LayerError(self, f"kernel {self.kernel} with stride "
+                             f"{self.stride} and pad {self.pad} leaves no "
+                             f"output for bottom shape {bottom[0].shape}")
         for t in top:
             t.reshape((N, C, PH, PW))
         self.out_shape = (PH, PW)
