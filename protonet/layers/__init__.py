@@ -7,6 +7,8 @@ from . import (  # noqa: F401
     data,
     db_data,
     detection,
+    fork,
+    fork_resample,
     indexing,
     loss,
     neuron,
