@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     data,
     db_data,
     detection,
+    detection_loss,
     fork,
     fork_resample,
     indexing,

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import LayerError
 from ..layer import Layer, NeuronLayer, register
+from .conv import ConvolutionLayer
 from ..proto import caffe_pb2
 
 
@@ -346,3 +347,89 @@ class BNLayer(Layer):
                 g = (g - g.mean(axis=(0, 2, 3), keepdims=True)
                      - xhat * (g * xhat).mean(axis=(0, 2, 3), keepdims=True)) / self._std
             bottom[0].diff[...] = g
+
+
+@register("ConvolutionDepthwise", aliases=("DepthwiseConvolution",))
+class ConvolutionDepthwiseLayer(ConvolutionLayer):
+    """Depthwise convolution (MobileNet / Xception forks): group = channels.
+
+    top[n, o] = sum_{i,j} W[o, 0, i, j] * x_pad[n, o // m, s*h + d*i, s*w +
+    d*j] + b[o] with m = num_output / channels.  Computed as a sum over the
+    kh*kw shifted strided slices times per-channel weights (no im2col); the
+    backward scatters the same slices.  Other than 2-D spatial inputs it
+    falls back to Convolution's grouped im2col path.
+
+    Shape: as Convolution (rounding down); weight (num_output, 1, kh, kw).
+
+    Supports convolution_param as Convolution; group may be omitted (it is
+    forced to the channel count) but must equal it when given.
+
+    Mirrors: src/caffe/layers/conv_dw_layer.cpp (xception-dw / MobileNet
+    ports) and depthwise_conv_layer.cpp (yonghenglh6/DepthwiseConvolution)
+    """
+
+    def setup(self, bottom, top):
+        p = self.param.convolution_param
+        C = bottom[0].shape[self.canonical_axis(bottom[0], p.axis)]
+        if p.HasField("group") and p.group not in (1, C):
+            raise LayerError(self, f"a depthwise convolution needs group == "
+                             f"channels ({C}), got group {p.group}")
+        if p.num_output % C:
+            raise LayerError(self, f"num_output {p.num_output} must be a "
+                             f"multiple of the {C} channels")
+        param = caffe_pb2.LayerParameter()
+        param.CopyFrom(self.param)
+        param.convolution_param.group = C
+        self.param = param
+        super().setup(bottom, top)
+        self.fast = self.num_spatial == 2 and self.channel_axis == 1
+
+    def _slices(self, OH, OW):
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.stride, self.dilation
+        for i in range(kh):
+            for j in range(kw):
+                yield i, j, (slice(None), slice(None),
+                             slice(i * dh, i * dh + sh * (OH - 1) + 1, sh),
+                             slice(j * dw, j * dw + sw * (OW - 1) + 1, sw))
+
+    def _padded_input(self, x):
+        ph, pw = self.pad
+        xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+        m = self.num_output // self.channels
+        return np.repeat(xp, m, axis=1) if m > 1 else xp
+
+    def forward(self, bottom, top):
+        if not self.fast:
+            return super().forward(bottom, top)
+        W = self.blobs[0].data[:, 0]
+        for b, t in zip(bottom, top):
+            xp = self._padded_input(b.data)
+            y = t.data
+            y[...] = 0
+            for i, j, sl in self._slices(*y.shape[2:]):
+                y += xp[sl] * W[None, :, i, j, None, None]
+            self._bias_forward(t)
+
+    def backward(self, top, propagate_down, bottom):
+        if not self.fast:
+            return super().backward(top, propagate_down, bottom)
+        W = self.blobs[0].data[:, 0]
+        ph, pw = self.pad
+        m = self.num_output // self.channels
+        for k, (b, t) in enumerate(zip(bottom, top)):
+            self._bias_backward(t)
+            dy = t.diff
+            xp = self._padded_input(b.data)
+            dxp = np.zeros_like(xp) if propagate_down[k] else None
+            dW = self.blobs[0].diff[:, 0]
+            for i, j, sl in self._slices(*dy.shape[2:]):
+                if self.param_propagate_down[0]:
+                    dW[:, i, j] += np.einsum("nohw,nohw->o", dy, xp[sl])
+                if dxp is not None:
+                    dxp[sl] += dy * W[None, :, i, j, None, None]
+            if dxp is not None:
+                if m > 1:
+                    N, O, Hp, Wp = dxp.shape
+                    dxp = dxp.reshape(N, O // m, m, Hp, Wp).sum(axis=2)
+                H, Wd = b.shape[2:]
+                b.diff[...] = dxp[:, :, ph:ph + H, pw:pw + Wd]

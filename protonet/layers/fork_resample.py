@@ -339,3 +339,198 @@ class InterpLayer(_Bilinear):
             _interp_matrix(he, oh, _align_corners(he, oh), -p.pad_beg, H),
             _interp_matrix(we, ow, _align_corners(we, ow), -p.pad_beg, W))
         top[0].reshape((N, C, oh, ow))
+
+
+# -- regions of interest ----------------------------------------------------
+
+def _c_round(v):
+    """C's round(): halves away from zero (NumPy rounds halves to even)."""
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def _check_rois(layer, data, rois):
+    if data.num_axes != 4:
+        raise LayerError(layer, f"bottom[0] must be (N, C, H, W), got {data.shape}")
+    if rois.count % 5 or rois.shape[-1] != 5:
+        raise LayerError(layer, f"bottom[1] must hold (R, 5) rois [batch, x1, "
+                         f"y1, x2, y2], got shape {rois.shape}")
+    r = rois.data.reshape(-1, 5)
+    b = r[:, 0].astype(np.int64)
+    if len(b) and (b.min() < 0 or b.max() >= data.shape[0]):
+        raise LayerError(layer, f"roi batch index {int(b.max())} outside the "
+                         f"batch of {data.shape[0]}")
+    return r.astype(np.float64), b
+
+
+@register("ROIPooling")
+class ROIPoolingLayer(Layer):
+    """Fast R-CNN max pooling of each region into a pooled_h x pooled_w grid.
+
+    Region corners are round(coord * spatial_scale); its size max(end -
+    start + 1, 1); bin (ph, pw) spans rows [floor(ph * bh), ceil((ph+1) *
+    bh)) + start (clipped to the map), bh = height / pooled_h, likewise for
+    columns.  Each bin takes the max (first in row-major order); an empty
+    bin gives 0.  Backward adds the top diff at each bin's argmax.
+
+    Shape: bottoms (N, C, H, W) and rois (R, 5) [batch, x1, y1, x2, y2];
+    top (R, C, pooled_h, pooled_w).
+
+    Supports roi_pooling_param.{pooled_h, pooled_w, spatial_scale}.
+
+    Mirrors: src/caffe/layers/roi_pooling_layer.cpp (rbgirshick/caffe-fast-rcnn)
+    """
+
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+    def setup(self, bottom, top):
+        p = self.param.roi_pooling_param
+        if p.pooled_h < 1 or p.pooled_w < 1:
+            raise LayerError(self, f"pooled_h and pooled_w must be > 0, got "
+                             f"{p.pooled_h} and {p.pooled_w}")
+        self.ph, self.pw, self.scale = p.pooled_h, p.pooled_w, p.spatial_scale
+
+    def reshape(self, bottom, top):
+        _check_rois(self, bottom[0], bottom[1])
+        R = bottom[1].count // 5
+        top[0].reshape((R, bottom[0].shape[1], self.ph, self.pw))
+
+    def _bins(self, start, end, pooled, size):
+        length = max(end - start + 1, 1)
+        bin_size = np.float32(length) / np.float32(pooled)
+        k = np.arange(pooled, dtype=np.float32)
+        lo = np.floor(k * bin_size).astype(np.int64) + start
+        hi = np.ceil((k + 1) * bin_size).astype(np.int64) + start
+        return np.clip(lo, 0, size), np.clip(hi, 0, size)
+
+    def forward(self, bottom, top):
+        x = bottom[0].data
+        _, C, H, W = x.shape
+        rois, batch = _check_rois(self, bottom[0], bottom[1])
+        corners = _c_round(rois[:, 1:] * np.float32(self.scale)).astype(np.int64)
+        out = top[0].data
+        self._argmax = np.full(out.shape, -1, np.int64)
+        hh, ww = np.arange(H), np.arange(W)
+        for r in range(len(rois)):
+            x1, y1, x2, y2 = corners[r]
+            hs, he = self._bins(y1, y2, self.ph, H)
+            ws, we = self._bins(x1, x2, self.pw, W)
+            mh = (hh >= hs[:, None]) & (hh < he[:, None])      # (ph, H)
+            mw = (ww >= ws[:, None]) & (ww < we[:, None])      # (pw, W)
+            plane = x[batch[r]].astype(np.float64)
+            # Max over each bin's columns, then over its rows.
+            cols = np.where(mw[None, None], plane[:, :, None, :], -np.inf)
+            cmax, carg = cols.max(axis=3), cols.argmax(axis=3)  # (C, H, pw)
+            rows = np.where(mh[None, :, :, None], cmax[:, None], -np.inf)
+            rarg = rows.argmax(axis=2)                          # (C, ph, pw)
+            val = np.take_along_axis(rows, rarg[:, :, None], axis=2)[:, :, 0]
+            warg = np.take_along_axis(carg, rarg, axis=1)
+            empty = ~(mh.any(axis=1)[:, None] & mw.any(axis=1)[None, :])
+            out[r] = np.where(empty, 0, val)
+            self._argmax[r] = np.where(empty, -1, rarg * W + warg)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            _, batch = _check_rois(self, bottom[0], bottom[1])
+            N, C, H, W = bottom[0].shape
+            dx = np.zeros((N, C, H * W), np.float64)
+            R = len(batch)
+            ok = self._argmax >= 0
+            r, c, _, _ = np.nonzero(ok)
+            np.add.at(dx, (batch[r], c, self._argmax[ok]), top[0].diff[ok])
+            bottom[0].diff[...] = dx.reshape(N, C, H, W)
+            del R
+        if propagate_down[1]:
+            raise LayerError(self, "cannot backpropagate to the rois")
+
+
+@register("PSROIPooling")
+class PSROIPoolingLayer(Layer):
+    """R-FCN position-sensitive average pooling.
+
+    Region [round(x1), round(x2) + 1) * spatial_scale (rows likewise), at
+    least 0.1 wide; bin (i, j) of a k x k grid (k = group_size) spans
+    [floor(i * bh + y1), ceil((i+1) * bh + y1)) clipped to the map, and
+    averages input channel (c * k + i) * k + j; an empty bin gives 0.
+    Computed with a summed-area table; backward spreads diff / area over each
+    bin through a 2-D difference array.
+
+    Shape: bottoms (N, output_dim * k * k, H, W) and rois (R, 5); top (R,
+    output_dim, k, k).
+
+    Supports psroi_pooling_param.{spatial_scale, output_dim, group_size}.
+
+    Mirrors: src/caffe/layers/psroi_pooling_layer.cu (daijifeng001/caffe-rfcn)
+    """
+
+    exact_num_bottom = 2
+    exact_num_top = 1
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index == 0
+
+    def setup(self, bottom, top):
+        p = self.param.psroi_pooling_param
+        if p.output_dim < 1 or p.group_size < 1:
+            raise LayerError(self, f"output_dim and group_size must be > 0, "
+                             f"got {p.output_dim} and {p.group_size}")
+        self.dim, self.k, self.scale = p.output_dim, p.group_size, p.spatial_scale
+
+    def reshape(self, bottom, top):
+        _check_rois(self, bottom[0], bottom[1])
+        need = self.dim * self.k * self.k
+        if bottom[0].shape[1] != need:
+            raise LayerError(self, f"output_dim {self.dim} x group_size^2 "
+                             f"{self.k * self.k} = {need} channels expected, "
+                             f"got bottom shape {bottom[0].shape}")
+        top[0].reshape((bottom[1].count // 5, self.dim, self.k, self.k))
+
+    def _geometry(self, bottom):
+        rois, batch = _check_rois(self, bottom[0], bottom[1])
+        H, W = bottom[0].shape[2:]
+        s, k = np.float32(self.scale), self.k
+        r = _c_round(rois[:, 1:]).astype(np.float32)
+        x1, y1 = r[:, 0] * s, r[:, 1] * s
+        x2, y2 = (r[:, 2] + 1) * s, (r[:, 3] + 1) * s
+        bw = np.maximum(x2 - x1, np.float32(0.1)) / np.float32(k)
+        bh = np.maximum(y2 - y1, np.float32(0.1)) / np.float32(k)
+        g = np.arange(k, dtype=np.float32)
+        hs = np.clip(np.floor(g * bh[:, None] + y1[:, None]), 0, H).astype(np.int64)
+        he = np.clip(np.ceil((g + 1) * bh[:, None] + y1[:, None]), 0, H).astype(np.int64)
+        ws = np.clip(np.floor(g * bw[:, None] + x1[:, None]), 0, W).astype(np.int64)
+        we = np.clip(np.ceil((g + 1) * bw[:, None] + x1[:, None]), 0, W).astype(np.int64)
+        # Broadcast to (R, dim, k, k): rows vary with i, columns with j.
+        sh = (len(rois), 1, k, 1)
+        sw = (len(rois), 1, 1, k)
+        chan = (np.arange(self.dim)[:, None, None] * k + np.arange(k)[:, None]) * k \
+            + np.arange(k)
+        return (batch[:, None, None, None], chan[None], hs.reshape(sh),
+                he.reshape(sh), ws.reshape(sw), we.reshape(sw))
+
+    def forward(self, bottom, top):
+        b, c, hs, he, ws, we = self._geometry(bottom)
+        x = bottom[0].data.astype(np.float64)
+        S = np.zeros(x.shape[:2] + (x.shape[2] + 1, x.shape[3] + 1))
+        S[:, :, 1:, 1:] = x.cumsum(axis=2).cumsum(axis=3)
+        total = S[b, c, he, we] - S[b, c, hs, we] - S[b, c, he, ws] + S[b, c, hs, ws]
+        area = (he - hs) * (we - ws)
+        empty = (he <= hs) | (we <= ws)
+        top[0].data[...] = np.where(empty, 0, total / np.where(empty, 1, area))
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            b, c, hs, he, ws, we = self._geometry(bottom)
+            N, C, H, W = bottom[0].shape
+            empty = (he <= hs) | (we <= ws)
+            v = np.where(empty, 0, top[0].diff / np.where(empty, 1, (he - hs) * (we - ws)))
+            shape = v.shape
+            D = np.zeros((N, C, H + 1, W + 1))
+            for rows, cols, sign in ((hs, ws, 1), (hs, we, -1), (he, ws, -1), (he, we, 1)):
+                idx = tuple(np.broadcast_to(a, shape) for a in (b, c, rows, cols))
+                np.add.at(D, idx, sign * v)
+            bottom[0].diff[...] = D.cumsum(axis=2).cumsum(axis=3)[:, :, :H, :W]
+        if propagate_down[1]:
+            raise LayerError(self, "cannot backpropagate to the rois")
