@@ -368,3 +368,21 @@ def test_display_lines_and_average_loss(caplog):
     assert any(re.fullmatch(r"Iteration 0, lr = 0\.05", m) for m in msgs)
     line = caffelog.GlogFormatter().format(caplog.records[0])
     assert re.match(r"I\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \w+\.cpp:\d+\] ", line)
+
+
+def test_test_compute_loss_and_test_initialization(caplog):
+    solver = ls_solver(f'lr_policy: "fixed" base_lr: 0.01 test_net_param {{ {LS_NET} }} '
+                       'test_iter: 2 test_interval: 5 test_compute_loss: true')
+    tn = solver.test_nets[0]
+    tn.blobs["x"].data[...] = X
+    tn.blobs["y"].data[...] = Y
+    W0, b0 = (blob.data.astype(np.float64) for blob in solver.net.params["fc"])
+    with caplog.at_level(logging.INFO, logger="protonet.caffe"):
+        solver.step(1)          # test_initialization (default true): test at 0
+    msgs = [r.getMessage() for r in caplog.records]
+    assert "Iteration 0, Testing net (#0)" in msgs
+    assert any(m.startswith("Test loss: ") for m in msgs)
+    # The test ran with the train net's initial weights, before the update.
+    expected = 0.5 * ((X @ W0.T + b0 - Y) ** 2).sum() / N
+    assert solver.test_loss[0] == pytest.approx(expected, rel=1e-5)
+    assert solver.test_results[0]["loss"][0] == pytest.approx(expected, rel=1e-5)

@@ -86,7 +86,10 @@ class Solver:
         self._check_param()
         caffelog.info("Initializing solver from parameters: \n"
                       + _io.format_text(self.param), "solver.cpp:44")
-        if self.param.solver_mode == caffe_pb2.SolverParameter.GPU:
+        # NOTE(caffe): the proto's default is GPU, but Caffe's tool only
+        # switches to the GPU when solver_mode is written explicitly.
+        if self.param.HasField("solver_mode") and \
+                self.param.solver_mode == caffe_pb2.SolverParameter.GPU:
             msg = (f"{self.where}: solver_mode GPU (device_id "
                    f"{self.param.device_id}) requested; protonet runs on the CPU")
             warnings.warn(msg, stacklevel=2)
