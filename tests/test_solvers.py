@@ -245,6 +245,7 @@ def test_solverstate_loadable_as_caffe_message(tmp_path):
     assert io.read_caffemodel(model).layer[1].name == "fc"
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_nan_loss_raises_and_keeps_last_snapshot(tmp_path):
     solver = ls_solver('base_lr: 1e4 momentum: 0.9 lr_policy: "fixed" '
                        'snapshot: 1', tmp_path=tmp_path)
