@@ -15,6 +15,7 @@ data as LMDB with `protonet convert-imageset`.
 
 import io as _pyio
 import os
+import threading
 
 import numpy as np
 
@@ -68,6 +69,40 @@ def check_backend(backend, path):
 # ---------------------------------------------------------------------------
 # Reading
 
+# py-lmdb refuses to open one environment twice in a process, yet a train
+# and a test net (or two nets) may read the same database: share it.
+_ENVS = {}
+_ENVS_LOCK = threading.Lock()
+
+
+def _acquire_env(path):
+    lmdb = require_lmdb()
+    real = os.path.realpath(path)
+    with _ENVS_LOCK:
+        entry = _ENVS.get(real)
+        if entry is None:
+            try:
+                env = lmdb.open(path, readonly=True, lock=False,
+                                readahead=False, max_readers=512)
+            except lmdb.Error as e:
+                raise DataError(f"{path}: cannot open LMDB database: {e}") \
+                    from None
+            entry = _ENVS[real] = [env, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release_env(path):
+    real = os.path.realpath(path)
+    with _ENVS_LOCK:
+        entry = _ENVS.get(real)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del _ENVS[real]
+            entry[0].close()
+
 
 class Cursor:
     """A read-only LMDB cursor that wraps around to the first record.
@@ -83,12 +118,7 @@ class Cursor:
         if not os.path.isdir(self.path):
             raise DataError(f"{self.path}: no such LMDB database (expected a "
                             "folder holding data.mdb)")
-        try:
-            self.env = lmdb.open(self.path, readonly=True, lock=False,
-                                 readahead=False, max_readers=256)
-        except lmdb.Error as e:
-            raise DataError(f"{self.path}: cannot open LMDB database: {e}") \
-                from None
+        self.env = _acquire_env(self.path)
         self.txn = self.env.begin(buffers=False)
         self.cursor = self.txn.cursor()
         if not self.cursor.first():
@@ -118,8 +148,14 @@ class Cursor:
     def close(self):
         if self.env is not None:
             self.txn.abort()
-            self.env.close()
+            _release_env(self.path)
             self.env = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def __len__(self):
         return self.env.stat()["entries"]
@@ -127,18 +163,17 @@ class Cursor:
 
 def read_datums(path):
     """Yield (key, Datum) for every record of the LMDB at `path`, in order."""
-    lmdb = require_lmdb()
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise DataError(f"{path}: no such LMDB database (expected a folder "
                         "holding data.mdb)")
-    env = lmdb.open(path, readonly=True, lock=False, readahead=False)
+    env = _acquire_env(path)
     try:
         with env.begin() as txn:
             for key, value in txn.cursor():
                 yield key, parse_datum(value, path, key)
     finally:
-        env.close()
+        _release_env(path)
 
 
 def parse_datum(value, path="<db>", key=b""):

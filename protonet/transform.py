@@ -30,6 +30,11 @@ _FORK_FIELDS = ("resize_param", "noise_param", "emit_constraint",
                 "distort_param", "expand_param", "crop_h", "crop_w")
 
 
+class _Named:
+    def __init__(self, type, name):
+        self.type, self.name = type, name
+
+
 class DataTransformer:
     """Applies a `TransformationParameter` to batches of (C, H, W) images.
 
@@ -45,7 +50,11 @@ class DataTransformer:
     """
 
     def __init__(self, param, phase, dtype=np.float32, layer=None):
-        self.param, self.phase, self.layer = param, phase, layer
+        self.param, self.phase = param, phase
+        # Only the names: a reference to the layer would keep it alive from
+        # its prefetch thread.
+        self.layer = (_Named(layer.type, layer.name) if layer is not None
+                      else None)
         self.dtype = np.dtype(dtype)
         for field in _FORK_FIELDS:
             if param.HasField(field):
