@@ -1,0 +1,94 @@
+"""protonet.summary: the per-layer figures users know, exactly."""
+
+import pytest
+
+from protonet import io
+from protonet.netspec import NetSpec, layers as L
+from protonet.summary import format_table, summarize
+
+
+@pytest.fixture(scope="module")
+def vgg16():
+    return summarize("zoo/vgg16/deploy.prototxt")
+
+
+def test_vgg16_parameters_and_layer_rows(vgg16):
+    assert vgg16.params == 138_357_544
+    conv1_1 = vgg16.row("conv1_1")
+    assert conv1_1.shape == (64, 224, 224)
+    assert conv1_1.activations == 224 * 224 * 64 == 3_211_264
+    assert conv1_1.memory == 3_211_264 * 4
+    assert conv1_1.weights == 1_728 and conv1_1.biases == 64
+    assert vgg16.row("conv1_2").weights == 36_864
+    assert vgg16.row("fc6").weights == 102_760_448
+    assert vgg16.row("fc6").biases == 4_096
+    assert vgg16.row("conv1_1").macs == 1_728 * 224 * 224
+
+
+def test_vgg16_activation_memory_is_15_2m_not_24m(vgg16):
+    # 150,528 input values + every layer's output once (in-place ReLU and
+    # Dropout are not counted again).
+    assert vgg16.activations == 15_238_608
+    assert vgg16.forward_bytes == 15_238_608 * 4
+    assert round(vgg16.forward_bytes / 2**20, 1) == 58.1
+    assert vgg16.training_bytes == 2 * vgg16.forward_bytes
+    assert vgg16.row("data").activations == 224 * 224 * 3
+    relu = vgg16.row("relu1_1")
+    assert relu.activations == 0 and relu.note == "in place"
+    assert vgg16.param_bytes == 138_357_544 * 4
+
+
+def test_alexnet_conv1_and_pool1():
+    s = summarize("zoo/alexnet/deploy.prototxt")
+    assert s.row("conv1").shape == (96, 55, 55)
+    assert s.row("conv1").weights == 34_848
+    assert s.row("conv1").biases == 96
+    pool1 = s.row("pool1")
+    assert pool1.shape == (96, 27, 27)
+    assert pool1.weights == pool1.biases == 0
+    assert s.params == 60_965_224
+
+
+def test_cs231n_ten_5x5_filters():
+    n = NetSpec()
+    n.data = L.Input(shape=dict(dim=[4, 3, 32, 32]))
+    n.conv = L.Convolution(n.data, num_output=10, kernel_size=5, stride=1,
+                           pad=2)
+    s = summarize(n.to_proto())
+    assert s.row("conv").shape == (10, 32, 32)
+    assert s.row("conv").params == 760
+    assert s.params == 760
+
+
+def test_split_blobs_share_memory_and_batch_only_scales_batch_total():
+    n = NetSpec()
+    n.data = L.Input(shape=dict(dim=[1, 2, 3]))
+    n.a = L.InnerProduct(n.data, num_output=5)
+    n.b = L.ReLU(n.a)
+    n.c = L.Sigmoid(n.a)            # `a` feeds two layers: a Split is inserted
+    s = summarize(n.to_proto(), batch=8)
+    split = [r for r in s if r.type == "Split"]
+    assert len(split) == 1 and split[0].activations == 0
+    assert s.activations == 6 + 5 + 5 + 5
+    assert s.batch_forward_bytes == 8 * s.forward_bytes
+    assert s.row("a").macs == 6 * 5 and s.row("a").params == 35
+
+
+def test_format_table_lists_rows_and_totals(vgg16):
+    text = format_table(vgg16)
+    assert "conv1_1" in text and "3,211,264" in text
+    assert "138,357,544" in text and "58.1 MiB" in text
+    assert "in place" in text
+    again = format_table(list(vgg16))   # plain rows: totals recomputed
+    assert "138,357,544" in again
+
+
+def test_summarize_reads_net_objects_and_rejects_bad_batch(tmp_path):
+    import protonet
+    net = protonet.Net("zoo/lenet/deploy.prototxt")
+    assert summarize(net).params == 431_080
+    with pytest.raises(protonet.ProtonetError, match="batch must be >= 1"):
+        summarize("zoo/lenet/deploy.prototxt", batch=0)
+    p = tmp_path / "x.prototxt"
+    io.write_text(str(p), io.read_net("zoo/lenet/deploy.prototxt"))
+    assert summarize(p).params == 431_080
