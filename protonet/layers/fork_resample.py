@@ -437,12 +437,10 @@ class ROIPoolingLayer(Layer):
             _, batch = _check_rois(self, bottom[0], bottom[1])
             N, C, H, W = bottom[0].shape
             dx = np.zeros((N, C, H * W), np.float64)
-            R = len(batch)
             ok = self._argmax >= 0
             r, c, _, _ = np.nonzero(ok)
             np.add.at(dx, (batch[r], c, self._argmax[ok]), top[0].diff[ok])
             bottom[0].diff[...] = dx.reshape(N, C, H, W)
-            del R
         if propagate_down[1]:
             raise LayerError(self, "cannot backpropagate to the rois")
 
