@@ -145,6 +145,9 @@ def crop(top_from, top_to):
     """A Crop layer (a NetSpec top) cropping `top_from` to `top_to`'s
     spatial size at the offset that aligns their coordinates."""
     ax, a, b = coord_map_from_to(top_from, top_to)
+    if ax is None:
+        raise ProtonetError("crop: the tops are related by pointwise layers "
+                            "only; there is nothing to crop")
     a, b = np.atleast_1d(a), np.atleast_1d(b)
     if not (a == 1).all():
         raise ProtonetError(f"crop: scale mismatch between the tops "
@@ -155,6 +158,8 @@ def crop(top_from, top_to):
     if not (np.round(b) == b).all():
         raise ProtonetError(f"crop: cannot crop a non-integer offset "
                             f"(b = {b})")
+    # NOTE(caffe): the maps carry the convolution's channel axis; the
+    # spatial axes, which the Crop layer cuts, start one after it.
     return L.Crop(top_from, top_to,
-                  crop_param=dict(axis=ax, offset=[int(v) for v in
+                  crop_param=dict(axis=ax + 1, offset=[int(v) for v in
                                                    -np.round(b)]))
