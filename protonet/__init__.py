@@ -4,11 +4,15 @@ The pycaffe-compatible surface lives here, so `import protonet as caffe`
 keeps existing scripts working.
 """
 
-from . import io, rng  # noqa: F401
+from . import coord_map, draw, imageio, io, rng, summary  # noqa: F401
 from .blob import Blob
+from .classifier import Classifier
+from .detector import Detector
 from .errors import ProtonetError
 from .layer import Layer, layer_type_list, register
 from .net import TEST, TRAIN, Net
+from . import layers  # noqa: F401  (also pycaffe's NetSpec `layers`)
+from .netspec import NetSpec, params, to_proto
 from .proto import caffe_pb2  # noqa: F401
 from .rng import set_random_seed
 from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
@@ -19,11 +23,20 @@ __version__ = "0.1.0"
 __all__ = ["Blob", "Layer", "Net", "ProtonetError", "TEST", "TRAIN",
            "layer_type_list", "register", "set_random_seed", "set_mode_cpu",
            "set_device", "get_solver", "SGDSolver", "NesterovSolver",
-           "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver"]
+           "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
+           "Classifier", "Detector", "NetSpec", "layers", "params", "to_proto",
+           "set_mode_gpu"]
 
 
 def set_mode_cpu():
     """protonet always runs on the CPU."""
+
+
+def set_mode_gpu():
+    """Accepted for pycaffe compatibility with a warning; protonet runs on
+    the CPU."""
+    import warnings
+    warnings.warn("protonet has no GPU mode; running on the CPU", stacklevel=2)
 
 
 def set_device(device_id):

@@ -11,40 +11,6 @@ from .errors import ProtonetError
 from .net import TEST, Net
 
 
-def forward_all(net, blobs=None, **kwargs):
-    """pycaffe's Net.forward_all: run inputs of any length through `net` in
-    chunks of its batch size; returns {output name: array of all items}.
-
-    The last chunk is padded with zeros and the padding dropped from the
-    outputs, as pycaffe does.
-    """
-    outputs = list(net.outputs) + [b for b in (blobs or [])
-                                   if b not in net.outputs]
-    if not kwargs:
-        return {k: v.copy() for k, v in net.forward(blobs=blobs).items()}
-    lengths = {len(v) for v in kwargs.values()}
-    if len(lengths) != 1:
-        raise ProtonetError("forward_all: inputs differ in length "
-                            f"({sorted(lengths)})")
-    total = lengths.pop()
-    batch = net.blobs[next(iter(kwargs))].shape[0]
-    collected = {name: [] for name in outputs}
-    for start in range(0, total, batch):
-        chunk = {}
-        for name, arr in kwargs.items():
-            part = np.asarray(arr[start:start + batch])
-            if len(part) < batch:
-                pad = np.zeros((batch - len(part),) + part.shape[1:],
-                               part.dtype)
-                part = np.concatenate([part, pad])
-            chunk[name] = part
-        out = net.forward(blobs=blobs, **chunk)
-        keep = min(batch, total - start)
-        for name in outputs:
-            collected[name].append(np.array(out[name][:keep]))
-    return {name: np.concatenate(parts) for name, parts in collected.items()}
-
-
 class Classifier(Net):
     """Image classification with preprocessing and optional oversampling.
 
@@ -80,9 +46,6 @@ class Classifier(Net):
             raise ProtonetError(f"Classifier: image_dims {tuple(image_dims)} "
                                 f"smaller than the net input "
                                 f"{tuple(self.crop_dims)}")
-
-    def forward_all(self, blobs=None, **kwargs):
-        return forward_all(self, blobs, **kwargs)
 
     def predict(self, inputs, oversample=True):
         """Class probabilities (N x C) of N H x W x K images.

@@ -257,7 +257,7 @@ def cmd_test(a):
         sums = vals if sums is None else sums + vals
     loss /= np.float32(max(a.iterations, 1))
     caffelog.info(f"Loss: {caffelog.format_number(loss)}", "caffe.cpp:328")
-    weights = net.blob_loss_weights_dict()
+    weights = net.blob_loss_weights
     for name, total in zip(names, sums if sums is not None else []):
         mean = total / np.float32(a.iterations)
         w = weights[name]

@@ -10,7 +10,6 @@ Mirrors: python/caffe/detector.py
 import numpy as np
 
 from . import imageio
-from .classifier import forward_all
 from .errors import ProtonetError, UnsupportedError
 from .net import TEST, Net
 
@@ -42,9 +41,6 @@ class Detector(Net):
         if channel_swap is not None:
             self.transformer.set_channel_swap(in_, channel_swap)
         self.configure_crop(context_pad)
-
-    def forward_all(self, blobs=None, **kwargs):
-        return forward_all(self, blobs, **kwargs)
 
     def detect_windows(self, images_windows):
         """Classify windows of images.

@@ -361,3 +361,12 @@ def write_binaryproto(path, arr):
     (as compute_image_mean does), so old tools read it too."""
     arr = np.asarray(arr)
     write_binary(path, array_to_blob(arr, legacy_shape=arr.ndim <= 4))
+
+
+# pycaffe's `caffe.io` image helpers, so `import protonet as caffe` scripts
+# find them where they expect (`caffe.io.Transformer`, ...).
+from .imageio import (  # noqa: E402,F401
+    Transformer, array_to_blobproto, array_to_datum,
+    arraylist_to_blobprotovecor_str, arraylist_to_blobprotovector_str,
+    blobproto_to_array, blobprotovector_str_to_arraylist, datum_to_array,
+    load_image, oversample, resize_image)

@@ -214,7 +214,7 @@ class Net:
         self.bottom_ids, self.top_ids = [], []
         self._blobs = []            # list of Blob, in creation order
         self._blob_names = []
-        self.blob_loss_weights = []
+        self._blob_loss_weights = []
         blob_index = {}
         available = set()           # blobs produced but not yet consumed
         blob_need_backward = []
@@ -267,7 +267,7 @@ class Net:
                     self._blobs.append(Blob((), self.dtype))
                     self._blob_names.append(name)
                     blob_need_backward.append(False)
-                    self.blob_loss_weights.append(0.0)
+                    self._blob_loss_weights.append(0.0)
                     tops.append(self._blobs[bid])
                     tids.append(bid)
                     if lp.type == "Input":
@@ -287,7 +287,7 @@ class Net:
                                  f"{[b.shape for b in bottoms]}: {e}") from e
             for j, tid in enumerate(tids):
                 w = layer.loss_weights[j] if j < len(layer.loss_weights) else 0
-                self.blob_loss_weights[tid] = w
+                self._blob_loss_weights[tid] = w
             nparams = len(layer.blobs)
             for k in range(nparams):
                 spec = lp.param[k] if k < len(lp.param) else None
@@ -461,9 +461,15 @@ class Net:
         """Every parameter blob (shared ones repeated), in net order."""
         return list(self._params)
 
-    def blob_loss_weights_dict(self):
+    @property
+    def blob_loss_weights(self):
+        """OrderedDict blob name -> loss weight (pycaffe's property)."""
         return collections.OrderedDict(zip(self._blob_names,
-                                           self.blob_loss_weights))
+                                           self._blob_loss_weights))
+
+    @property
+    def _layer_types(self):
+        return [layer.type for layer in self.layers]
 
     def layer_index(self, name):
         try:
@@ -560,6 +566,74 @@ class Net:
             blob.diff[...] = arr
         self.backward_from_to(start_i, end_i)
         return {o: self.blobs[o].diff for o in outputs}
+
+    def forward_all(self, blobs=None, **kwargs):
+        """pycaffe's Net.forward_all: run inputs of any length through the
+        net in chunks of its batch size; returns {output: all items}.
+
+        The last chunk is padded with zeros and the padding dropped from the
+        outputs, as pycaffe does.
+        """
+        out, _ = self._run_all(blobs, None, kwargs, backward=False)
+        return out
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """pycaffe's Net.forward_backward_all: `kwargs` hold inputs (by input
+        name) and output diffs (by output name); returns (outputs, diffs)."""
+        return self._run_all(blobs, diffs, kwargs, backward=True)
+
+    def _run_all(self, blobs, diffs, kwargs, backward):
+        blobs, diffs = list(blobs or []), list(diffs or [])
+        unknown = sorted(set(kwargs) - set(self.inputs) - set(self.outputs))
+        if unknown:
+            raise NetError(f"{', '.join(repr(u) for u in unknown)} is neither "
+                           f"an input ({', '.join(self.inputs)}) nor an output "
+                           f"({', '.join(self.outputs)}) of the net")
+        outs = list(dict.fromkeys(self.outputs + blobs))
+        douts = list(dict.fromkeys(self.inputs + diffs))
+        if not kwargs:
+            f = {k: v.copy() for k, v in self.forward(blobs=blobs).items()}
+            if not backward:
+                return f, None
+            return f, {k: v.copy() for k, v in self.backward(diffs=diffs).items()}
+        lengths = {len(v) for v in kwargs.values()}
+        if len(lengths) != 1:
+            raise NetError(f"inputs differ in length ({sorted(lengths)})")
+        total = lengths.pop()
+        batch = self.blobs[next(iter(kwargs))].shape[0]
+        got = {n: [] for n in outs}
+        dgot = {n: [] for n in douts}
+        for start in range(0, total, batch):
+            keep = min(batch, total - start)
+            chunk = {}
+            for name, arr in kwargs.items():
+                part = np.asarray(arr[start:start + batch])
+                if len(part) < batch:
+                    pad = np.zeros((batch - len(part),) + part.shape[1:],
+                                   part.dtype)
+                    part = np.concatenate([part, pad])
+                chunk[name] = part
+            f = self.forward(blobs=blobs, **{k: v for k, v in chunk.items()
+                                             if k in self.inputs})
+            for n in outs:
+                got[n].append(np.array(f[n][:keep]))
+            if backward:
+                d = self.backward(diffs=diffs, **{k: v for k, v in chunk.items()
+                                                  if k in self.outputs})
+                for n in douts:
+                    dgot[n].append(np.array(d[n][:keep]))
+        out = {n: np.concatenate(v) for n, v in got.items()}
+        if not backward:
+            return out, None
+        return out, {n: np.concatenate(v) for n, v in dgot.items()}
+
+    def set_input_arrays(self, data, labels, layer_index=0):
+        """pycaffe's Net.set_input_arrays for a MemoryData layer."""
+        layer = self.layers[layer_index]
+        if not hasattr(layer, "set_input_arrays"):
+            raise NetError(f"layer {layer_index} ('{layer.name}', {layer.type}) "
+                           "is not a MemoryData layer")
+        layer.set_input_arrays(data, labels)
 
     def reshape(self):
         """Propagate input shape changes through every layer."""

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import protonet
-from protonet.classifier import Classifier, forward_all
+from protonet.classifier import Classifier
 from protonet.detector import Detector
 from protonet.errors import UnsupportedError
 from protonet.netspec import NetSpec, layers as L
@@ -68,7 +68,7 @@ def test_predict_oversample_averages_ten_crops(model):
 def test_forward_all_pads_the_last_chunk(model):
     path, weights, net = model
     x = np.random.default_rng(3).standard_normal((7, 3, 4, 4)).astype(np.float32)
-    out = forward_all(net, data=x)["prob"]
+    out = net.forward_all(data=x)["prob"]
     assert out.shape == (7, 5)
     np.testing.assert_allclose(out, _reference(net, x), rtol=1e-4, atol=1e-6)
 

@@ -322,3 +322,21 @@ def test_positional_pycaffe_arguments(tmp_path):
     assert n2.phase == protonet.TRAIN
     n3 = Net(str(tmp_path / "net.prototxt"), protonet.TEST)
     assert n3.phase == protonet.TEST
+
+
+def test_forward_all_and_forward_backward_all_chunk_and_pad(tmp_path):
+    net = net_from(INPUT + 'layer { name: "f" type: "TestAffine" bottom: '
+                   '"data" top: "y" }\nforce_backward: true', tmp_path)
+    x = np.arange(15, dtype=np.float32).reshape(5, 3)  # batch is 2: 3 chunks
+    out = net.forward_all(data=x)
+    assert out["y"].shape == (5, 3) and np.allclose(out["y"], 2 * x)
+    outs, diffs = net.forward_backward_all(data=x, y=np.ones((5, 3)))
+    assert np.allclose(outs["y"], 2 * x) and np.allclose(diffs["data"], 2.0)
+    with pytest.raises(NetError, match="'z' is neither an input"):
+        net.forward_all(z=x)
+
+
+def test_blob_loss_weights_is_a_dict(tmp_path):
+    net = net_from(SHARED, tmp_path)
+    assert net.blob_loss_weights == {"data": 0.0, "y": 0.0, "z": 0.0,
+                                     "loss": 1.0}

@@ -311,7 +311,7 @@ class Solver:
     def _log_outputs(self, net, scores, kind, src):
         """'    Train net output #k: name = v (* w = w*v loss)' lines."""
         k = 0
-        lw = net.blob_loss_weights_dict()
+        lw = net.blob_loss_weights
         for name in net.outputs:
             values = np.ravel(net.blobs[name].data) if scores is None \
                 else scores[name]
