@@ -6,9 +6,12 @@ Reshaping to the same element count keeps the memory (and any sharing);
 a different count allocates zero-filled arrays, as Caffe does.
 """
 
+import math
+
 import numpy as np
 
 from .errors import ProtonetError
+from .limits import check_allocation
 
 MAX_BLOB_AXES = 32
 
@@ -39,8 +42,10 @@ class Blob:
 
     def __init__(self, shape=(), dtype=np.float32):
         self.dtype = np.dtype(dtype)
-        self._data = np.zeros(_as_shape((shape,)) if not isinstance(shape, tuple)
-                              else _as_shape(shape), self.dtype)
+        shape = _as_shape((shape,)) if not isinstance(shape, tuple) \
+            else _as_shape(shape)
+        check_allocation(shape, self.dtype.itemsize)
+        self._data = np.zeros(shape, self.dtype)
         self._diff = None
 
     # -- data / diff ------------------------------------------------------
@@ -113,12 +118,13 @@ class Blob:
         shape = _as_shape(shape)
         if shape == self._data.shape:
             return
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)       # Python ints: no int64 wrap-around
         if count == self._data.size:
             self._data = self._data.reshape(shape)
             if self._diff is not None:
                 self._diff = self._diff.reshape(shape)
         else:
+            check_allocation(shape, self.dtype.itemsize)  # before np.zeros
             self._data = np.zeros(shape, self.dtype)
             self._diff = None
 

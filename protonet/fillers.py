@@ -70,7 +70,9 @@ def filler_values(p, shape, dtype=np.float32, layer=None):
     elif kind == "msra":
         std = np.sqrt(2.0 / _variance_n(p, shape, count))
         out = gen.normal(0.0, std, shape)
-    elif kind == "bilinear":
+    elif kind in ("bilinear", "bilinear_upsampling"):
+        # NOTE: "bilinear_upsampling" is ParseNet's (weiliu89/caffe fcn
+        # branch) name for the same deconvolution-upsampling kernel.
         if len(shape) != 4 or shape[2] != shape[3]:
             raise LayerError(layer, f"bilinear filler needs a 4-D blob with "
                              f"square kernels, got shape {shape}")

@@ -9,6 +9,7 @@ Nets and solvers read here are passed through `protonet.upgrade`, so callers
 always see the current (V2) format, exactly as Caffe's `ReadNetParamsFrom*`.
 """
 
+import math
 import os
 import tempfile
 
@@ -290,26 +291,26 @@ def blob_to_array(blob, path=None, what="blob", dtype=np.float32):
         ParseError: the element count does not match the shape.
     """
     shape = blob_shape(blob)
+    values = blob.double_data if len(blob.double_data) else blob.data
+    # The declared shape is checked against the stored values BEFORE any
+    # array is built, with Python ints (a forged shape cannot wrap around).
+    count = math.prod(shape)
+    if any(d < 0 for d in shape) or len(values) != count:
+        raise ParseError(f"{what} declares shape {shape} ({count} values) but "
+                         f"holds {len(values)} values", path)
     # np.array on upb's repeated container copies in C (~2.5 ns/value);
     # np.fromiter / list() would go through Python floats (10x slower).
-    if len(blob.double_data):
-        arr = np.array(blob.double_data, dtype=np.float64)
-    else:
-        arr = np.array(blob.data, dtype=np.float32)
-    count = int(np.prod(shape, dtype=np.int64))
-    if arr.size != count:
-        raise ParseError(f"{what} declares shape {shape} ({count} values) but "
-                         f"holds {arr.size} values", path)
+    arr = np.array(values, dtype=np.float64 if len(blob.double_data)
+                   else np.float32)
     return arr.reshape(shape).astype(dtype, copy=False)
 
 
 def blob_diff_to_array(blob, dtype=np.float32):
     shape = blob_shape(blob)
     src = blob.double_diff if len(blob.double_diff) else blob.diff
-    arr = np.array(src, dtype=dtype)
-    if arr.size != int(np.prod(shape, dtype=np.int64)):
+    if any(d < 0 for d in shape) or len(src) != math.prod(shape):
         return None
-    return arr.reshape(shape)
+    return np.array(src, dtype=dtype).reshape(shape)
 
 
 def array_to_blob(arr, blob=None, diff=None, legacy_shape=False):

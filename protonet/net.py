@@ -20,8 +20,10 @@ import os
 import numpy as np
 
 from . import io as _io
+from . import limits as _limits
 from .blob import Blob
-from .errors import LayerError, NetError, ProtonetError, WeightsError
+from .errors import (LayerError, NetError, ProtonetError, ResourceError,
+                     WeightsError)
 from .layer import create_layer
 from .proto import caffe_pb2
 
@@ -171,6 +173,9 @@ class Net:
         phase: TRAIN or TEST (default: the net's `state.phase`, else TEST).
         level, stages: the NetState level and stages.
         dtype: float32 (Caffe's default) or float64 (for gradient checks).
+        max_memory: memory limit for this net ("8G", bytes, 0 = none);
+            default: $PROTONET_MAX_MEMORY, else a fraction of physical memory
+            (see protonet.limits).
 
     Attributes (as pycaffe):
         blobs: OrderedDict of blob name -> Blob, in creation order.
@@ -180,7 +185,7 @@ class Net:
     """
 
     def __init__(self, model, *args, weights=None, phase=None, level=None,
-                 stages=None, dtype=np.float32):
+                 stages=None, dtype=np.float32, max_memory=None):
         weights, phase = _parse_net_args(args, weights, phase)
         param, path = _load_param(model)
         self.source = path
@@ -193,7 +198,9 @@ class Net:
         if stages:
             param.state.stage.extend(stages)
         self.dtype = np.dtype(dtype)
-        self._init(param)
+        self.max_memory = max_memory
+        with _limits.limit(max_memory):
+            self._init(param)
         if weights:
             for w in str(weights).split(","):
                 self.copy_from(w)
@@ -222,6 +229,7 @@ class Net:
         self.layer_need_backward = []
         self.input_ids = []
         seen_layer_names = set()
+        budget = _limits.NetBudget(param.name)
 
         for li, lp in enumerate(param.layer):
             if lp.name in seen_layer_names:
@@ -279,12 +287,19 @@ class Net:
             self.top_ids.append(tids)
             try:
                 layer.set_up(bottoms, tops)
+            except ResourceError as e:
+                if f"'{lp.name}'" in str(e):
+                    raise
+                raise ResourceError(f"{lp.type} layer '{lp.name}': {e}") from e
             except ProtonetError:
                 raise
-            except (ValueError, IndexError, TypeError, ZeroDivisionError,
-                    MemoryError) as e:
+            except MemoryError as e:
+                raise ResourceError(f"{lp.type} layer '{lp.name}': out of "
+                                    f"memory during setup: {e}") from e
+            except (ValueError, IndexError, TypeError, ZeroDivisionError) as e:
                 raise LayerError(layer, f"setup failed with bottom shapes "
                                  f"{[b.shape for b in bottoms]}: {e}") from e
+            budget.add_layer(layer, tops)
             for j, tid in enumerate(tids):
                 w = layer.loss_weights[j] if j < len(layer.loss_weights) else 0
                 self._blob_loss_weights[tid] = w

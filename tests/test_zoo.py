@@ -174,11 +174,11 @@ def _train_net_with_input(name):
                                   "googlenet", "squeezenet_v1.1", "resnet18"])
 def test_train_val_builds_in_train_phase(name):
     net = protonet.Net(_train_net_with_input(name), phase=protonet.TRAIN)
-    losses = [n for n, w in net.blob_loss_weights_dict().items() if w]
+    losses = [n for n, w in net.blob_loss_weights.items() if w]
     if name == "googlenet":
         # the two auxiliary classifiers exist only in train_val
         assert sorted(losses) == ["loss1/loss", "loss2/loss", "loss3/loss3"]
-        assert net.blob_loss_weights_dict()["loss1/loss"] == pytest.approx(0.3)
+        assert net.blob_loss_weights["loss1/loss"] == pytest.approx(0.3)
         total = sum(b.count for v in net.params.values() for b in v)
         assert total > EXPECTED["googlenet"][0]
     else:

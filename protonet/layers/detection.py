@@ -13,6 +13,8 @@ of weiliu89/caffe (ssd).
 
 import math
 
+import warnings
+
 import numpy as np
 
 from .. import bbox
@@ -327,9 +329,9 @@ class DetectionOutputLayer(Layer):
 
     Supports detection_output_param.{num_classes, share_location,
     background_label_id, nms_param, code_type, variance_encoded_in_target,
-    keep_top_k, confidence_threshold}; save_output_param's
-    label_map_file / name_size_file are ignored, output_directory
-    (writing results) and visualize raise UnsupportedError.
+    keep_top_k, confidence_threshold}; save_output_param is ignored (an
+    output_directory, where the fork writes result files, gives a warning)
+    and visualize raises UnsupportedError.
 
     Mirrors: src/caffe/layers/detection_output_layer.cpp
     """
@@ -342,8 +344,13 @@ class DetectionOutputLayer(Layer):
         if not p.HasField("num_classes"):
             raise LayerError(self, "detection_output_param.num_classes is required")
         if p.save_output_param.output_directory:
-            raise self.unsupported("save_output_param.output_directory",
-                                   p.save_output_param.output_directory)
+            # The fork writes VOC/COCO result files as a side effect of
+            # evaluation; the detections themselves are unaffected.
+            warnings.warn(f"DetectionOutput layer '{self.name}': "
+                          "save_output_param.output_directory "
+                          f"{p.save_output_param.output_directory!r} is "
+                          "ignored (protonet does not write result files)",
+                          stacklevel=2)
         if p.visualize:
             raise self.unsupported("visualize", True)
         self.num_classes = p.num_classes

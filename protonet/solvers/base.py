@@ -123,6 +123,9 @@ class Solver:
         if p.average_loss < 1:
             raise SolverError(f"{self.where}: average_loss must be >= 1, got "
                               f"{p.average_loss}")
+        if p.max_iter < 0:
+            raise SolverError(f"{self.where}: max_iter must be >= 0, got "
+                              f"{p.max_iter}")
         if p.snapshot < 0 or p.display < 0 or p.test_interval < 0:
             raise SolverError(f"{self.where}: snapshot, display and "
                               "test_interval must be >= 0")
