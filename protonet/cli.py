@@ -53,9 +53,13 @@ def _flag(parser, *names, **kw):
 
 
 def _parser():
+    tools = "\n".join(f"  {name:<18}{text}" for name, (_, text) in TOOLS.items())
     p = argparse.ArgumentParser(
-        prog="protonet", allow_abbrev=False, description="Caffe-compatible training and testing "
-        "(commands: train, test, time, upgrade, device_query).")
+        prog="protonet", allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Caffe-compatible training and testing (commands: train, "
+        "test, time, upgrade, device_query).",
+        epilog="more commands (each with its own --help):\n" + tools)
     p.add_argument("command", choices=["train", "test", "time", "upgrade",
                                        "device_query"])
     p.add_argument("files", nargs="*", help="train: solver or net prototxt; "
@@ -363,8 +367,48 @@ COMMANDS = {"train": cmd_train, "test": cmd_test, "time": cmd_time,
             "upgrade": cmd_upgrade, "device_query": cmd_device_query}
 
 
+# Tools with their own flags: command -> module exposing add_arguments(parser)
+# and run(args) -> exit code (imported only when used).
+TOOLS = {
+    "convert-imageset": ("protonet.tools.convert_imageset",
+                         "list file of images -> LMDB of Datum records"),
+    "compute-mean": ("protonet.tools.compute_mean",
+                     "LMDB -> mean.binaryproto"),
+    "dataset": ("protonet.tools.datasets",
+                "write a bundled real data set (digits) as LMDB and HDF5"),
+    "summary": ("protonet.tools.summary_cmd",
+                "per-layer shapes, memory, parameters, multiply-adds"),
+    "draw": ("protonet.tools.draw_cmd", "draw a net with Graphviz"),
+}
+
+
+def _run_tool(name, argv):
+    import argparse
+    import importlib
+    module_name, help_text = TOOLS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"protonet {name}",
+                                     description=help_text)
+    module.add_arguments(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0) if isinstance(e.code, int) else 2
+    try:
+        return module.run(args)
+    except ProtonetError as e:
+        sys.stderr.write(f"protonet {name}: error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"protonet {name}: interrupted\n")
+        return 130
+
+
 def main(argv=None):
     """Run the command line; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TOOLS:
+        return _run_tool(argv[0], argv[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as e:     # argparse: usage errors and --help
