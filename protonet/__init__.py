@@ -10,6 +10,7 @@ from .classifier import Classifier
 from .detector import Detector
 from .errors import ProtonetError
 from .layer import Layer, layer_type_list, register
+from .layers.python_layer import allow_python_layers
 from .net import TEST, TRAIN, Net
 from . import layers  # noqa: F401  (also pycaffe's NetSpec `layers`)
 from .netspec import NetSpec, params, to_proto
@@ -21,6 +22,7 @@ from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
 __version__ = "0.1.0"
 
 __all__ = ["Blob", "Layer", "Net", "ProtonetError", "TEST", "TRAIN",
+           "allow_python_layers",
            "layer_type_list", "register", "set_random_seed", "set_mode_cpu",
            "set_device", "get_solver", "SGDSolver", "NesterovSolver",
            "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",

@@ -73,3 +73,7 @@ class ResourceError(ProtonetError):
 
 class NumericalError(ProtonetError):
     """Training produced NaN or Inf."""
+
+
+class SecurityError(LayerError):
+    """A file asked to run code (a Python layer) that was not allowed."""
