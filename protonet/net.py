@@ -176,6 +176,11 @@ class Net:
         max_memory: memory limit for this net ("8G", bytes, 0 = none);
             default: $PROTONET_MAX_MEMORY, else a fraction of physical memory
             (see protonet.limits).
+        memory: None (Caffe's behaviour: every activation is kept) or
+            "inference": forward drops each activation once no later layer
+            needs it, and layers drop their scratch buffers (outputs and
+            inputs stay; backward is refused until a normal forward).  Lower
+            peak memory, slightly slower (buffers are re-allocated).
 
     Attributes (as pycaffe):
         blobs: OrderedDict of blob name -> Blob, in creation order.
@@ -185,7 +190,8 @@ class Net:
     """
 
     def __init__(self, model, *args, weights=None, phase=None, level=None,
-                 stages=None, dtype=np.float32, max_memory=None):
+                 stages=None, dtype=np.float32, max_memory=None,
+                 memory=None):
         weights, phase = _parse_net_args(args, weights, phase)
         param, path = _load_param(model)
         self.source = path
@@ -199,11 +205,23 @@ class Net:
             param.state.stage.extend(stages)
         self.dtype = np.dtype(dtype)
         self.max_memory = max_memory
+        if memory not in (None, "inference"):
+            raise ProtonetError(f"memory must be None or 'inference', got "
+                                f"{memory!r}")
+        self.memory = memory
+        self._released = set()
         with _limits.limit(max_memory):
             self._init(param)
         if weights:
             for w in str(weights).split(","):
                 self.copy_from(w)
+        if memory == "inference":
+            # Setup sized every activation and scratch buffer; drop them now.
+            self._release(b for ids in self.release_plan().values()
+                          for b in ids)
+            for layer in self.layers:
+                if hasattr(layer, "release_buffers"):
+                    layer.release_buffers()
 
     # -- construction -----------------------------------------------------
     def _init(self, in_param):
@@ -241,6 +259,15 @@ class Net:
                                f"given once per bottom ({len(lp.bottom)}), got "
                                f"{len(lp.propagate_down)}")
             layer = create_layer(lp, self.dtype)
+            if layer.is_loss or layer.auto_top_blobs:
+                # NOTE(caffe): loss layers (AutoTopBlobs) get the tops they
+                # need created anonymously; V0/V1 nets give losses no top.
+                need = max(layer.min_top or 0, layer.exact_num_top or 0)
+                for k in range(len(lp.top), need):
+                    auto = "(automatic)"
+                    if auto in blob_index:
+                        auto = f"(automatic) {lp.name} {k}"
+                    lp.top.append(auto)
             self.layers.append(layer)
             self._layer_names.append(lp.name)
             bottoms, bids, need_bw = [], [], []
@@ -494,21 +521,88 @@ class Net:
                 from None
 
     # -- running ----------------------------------------------------------
-    def forward_from_to(self, start=0, end=None):
-        """Run layers start..end (inclusive); returns the total loss."""
+    def forward_from_to(self, start=0, end=None, release=None, keep=()):
+        """Run layers start..end (inclusive); returns the total loss.
+
+        With `release` (default: the net was built with
+        ``memory="inference"``), activations no later layer of the range
+        needs are dropped as soon as their last consumer has run, and layers
+        drop their scratch buffers (see `release_plan`); the net's outputs,
+        its inputs and the blobs named in `keep` survive.
+        """
         end = len(self.layers) - 1 if end is None else end
+        if release is None:
+            release = self.memory == "inference"
+        plan = self.release_plan(start, end, keep) if release else {}
         loss = 0.0
         for i in range(start, end + 1):
             layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+            if self._released:
+                self._restore(self.top_ids[i])
             layer.reshape(bottom, top)
             layer.forward(bottom, top)
             if any(layer.loss_weights):
                 loss += layer.loss(top)
+            if release:
+                self._release(plan.get(i, ()))
+                drop = getattr(layer, "release_buffers", None)
+                if drop is not None:
+                    drop()
         return loss
+
+    # -- inference memory -------------------------------------------------
+    def release_plan(self, start=0, end=None, keep=()):
+        """Which activations can be dropped after which layer.
+
+        A blob is dropped right after the last layer in start..end that reads
+        or writes it, unless it is an input or output of the net, is named in
+        `keep`, or was produced before `start` (the caller owns it).  Caffe
+        keeps every activation; this is the opt-in inference mode behind
+        ``Net(..., memory="inference")`` and ``forward_from_to(release=True)``.
+
+        Returns:
+            dict: layer index -> list of blob ids to drop after it runs.
+        """
+        end = len(self.layers) - 1 if end is None else end
+        index = {n: b for b, n in enumerate(self._blob_names)}
+        protected = set(self.input_ids) | {index[n] for n in self.outputs}
+        protected |= {index[n] for n in keep}
+        producer, last = {}, {}
+        for i, ids in enumerate(self.top_ids):
+            for bid in ids:
+                producer.setdefault(bid, i)
+        for i in range(start, end + 1):
+            for bid in self.bottom_ids[i] + self.top_ids[i]:
+                last[bid] = i
+        plan = {}
+        for bid, i in last.items():
+            if bid not in protected and producer[bid] >= start:
+                plan.setdefault(i, []).append(bid)
+        return plan
+
+    def _release(self, bids):
+        for bid in bids:
+            blob = self._blobs[bid]
+            # A zero-byte stand-in keeps the shape for reshape/inspection.
+            blob._data = np.broadcast_to(np.zeros((), self.dtype), blob.shape)
+            blob._diff = None
+            self._released.add(bid)
+
+    def _restore(self, bids):
+        for bid in bids:
+            if bid in self._released:
+                blob = self._blobs[bid]
+                blob._data = np.empty(blob.shape, self.dtype)
+                self._released.discard(bid)
 
     def backward_from_to(self, start=None, end=0):
         """Run backward for layers start..end (start >= end, inclusive)."""
         start = len(self.layers) - 1 if start is None else start
+        if self._released:
+            names = sorted(self._blob_names[b] for b in self._released)
+            raise NetError(f"backward after a forward that released "
+                           f"activations ({', '.join(names[:5])}...): run "
+                           f"forward_from_to(release=False) first")
         for i in range(start, end - 1, -1):
             if self.layer_need_backward[i]:
                 self.layers[i].backward(self.top_vecs[i],
@@ -541,7 +635,7 @@ class Net:
                                f"{', '.join(self.inputs) or 'none'})")
             for name, arr in kwargs.items():
                 self.set_input(name, arr)
-        self.forward_from_to(start_i, end_i)
+        self.forward_from_to(start_i, end_i, keep=outputs)
         return {o: self.blobs[o].data for o in outputs}
 
     def set_input(self, name, arr):

@@ -185,6 +185,12 @@ class _BaseConvolutionLayer(Layer):
             i + 2 * q for i, q in zip(self.img_shape, self.pad))
         self._pad_in = self._pad_acc = None
 
+    def release_buffers(self):
+        """Drop the column and padding buffers until the next reshape (the
+        net's ``memory="inference"`` mode calls this after forward)."""
+        self._cols = self._pad_in = self._pad_acc = None
+        self._shape = None
+
     def _pad_buffer(self, which):
         # Two buffers: im2col relies on a zero border, col2im scribbles on it.
         if not any(self.pad):

@@ -168,6 +168,12 @@ class PoolingLayer(Layer):
         self._pool_size = np.outer(size_h, size_w).astype(self.dtype)
         self._idx = None
 
+    def release_buffers(self):
+        """Drop the padded copies and argmax indices (the net's
+        ``memory="inference"`` mode calls this after forward)."""
+        self._xp = self._dxp = None
+        self._idx_flat = self._win = None
+
     # -- helpers ---------------------------------------------------------------
     def _padded(self, x):
         if self._direct:
