@@ -150,7 +150,7 @@ def test_digits_dataset_matches_caffe_ref_split(tmp_path):
 def test_digits_upscaled_feeds_the_zoo_net(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")
     out = tmp_path / "data" / "digits"
-    assert datasets.run(parse(datasets, ["digits", "--size", "28", "--out",
+    assert datasets.run(parse(datasets, ["digits", "--size", "32", "--out",
                                          str(out), "--formats", "lmdb"])) == 0
     assert datasets.run(parse(datasets, ["digits", "--out", str(out),
                                          "--formats", "lmdb"])) == 1
@@ -167,4 +167,4 @@ def test_digits_upscaled_feeds_the_zoo_net(tmp_path, monkeypatch):
     deploy = protonet.Net(os.path.join(zoo, "deploy.prototxt"), protonet.TEST)
     assert deploy.blobs["prob"].shape == (1, 10)
     n_params = sum(b.count for layer in deploy.layers for b in layer.blobs)
-    assert n_params == 431080
+    assert n_params == 58106
