@@ -15,6 +15,10 @@ from .net import TEST, TRAIN, Net
 from . import layers  # noqa: F401  (also pycaffe's NetSpec `layers`)
 from .netspec import NetSpec, params, to_proto
 from .proto import caffe_pb2  # noqa: F401
+from .pycaffe import (NCCL, LayerParameter, Timer,  # noqa: F401
+                      has_nccl, init_log, install_caffe_alias, log,
+                      set_multiprocess, set_solver_count, set_solver_rank,
+                      solver_count, solver_rank)
 from .rng import set_random_seed
 from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
                       NesterovSolver, RMSPropSolver, SGDSolver, get_solver)
@@ -27,7 +31,10 @@ __all__ = ["Blob", "Layer", "Net", "ProtonetError", "TEST", "TRAIN",
            "set_device", "get_solver", "SGDSolver", "NesterovSolver",
            "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver", "AdamSolver",
            "Classifier", "Detector", "NetSpec", "layers", "params", "to_proto",
-           "set_mode_gpu"]
+           "set_mode_gpu", "install_caffe_alias", "Timer", "NCCL",
+           "LayerParameter", "has_nccl", "init_log", "log", "solver_count",
+           "set_solver_count", "solver_rank", "set_solver_rank",
+           "set_multiprocess"]
 
 
 def set_mode_cpu():

@@ -7,8 +7,12 @@ expected and what was found.
 """
 
 
-class ProtonetError(Exception):
-    """Root of every error protonet raises for bad input."""
+class ProtonetError(RuntimeError):
+    """Root of every error protonet raises for bad input.
+
+    A RuntimeError, as pycaffe turns every Caffe failure into one, so scripts
+    written for pycaffe (`except RuntimeError`) catch protonet's errors too.
+    """
 
 
 class ParseError(ProtonetError):

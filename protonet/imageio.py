@@ -19,6 +19,11 @@ from .proto import caffe_pb2
 # proto / datum / ndarray conversion
 
 
+class BlobProtoShapeError(DataError, ValueError):
+    """A BlobProto's values do not fill its shape (a ValueError, as numpy's
+    reshape raises in pycaffe)."""
+
+
 def blobproto_to_array(blob, return_diff=False):
     """The data (or the diff) of a BlobProto as an array.
 
@@ -26,12 +31,14 @@ def blobproto_to_array(blob, return_diff=False):
     in pycaffe; blobs with a `shape` field get that shape.
     """
     values = np.array(blob.diff if return_diff else blob.data)
-    if blob.HasField("shape"):
-        shape = tuple(int(d) for d in blob.shape.dim)
-    else:
+    # NOTE(caffe): as pycaffe, any legacy field selects the 4-D shape; a
+    # blob with neither form has shape () and so holds one scalar.
+    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
         shape = (blob.num, blob.channels, blob.height, blob.width)
+    else:
+        shape = tuple(int(d) for d in blob.shape.dim)
     if values.size != int(np.prod(shape, dtype=np.int64)):
-        raise DataError(f"BlobProto holds {values.size} "
+        raise BlobProtoShapeError(f"BlobProto holds {values.size} "
                         f"{'diff' if return_diff else 'data'} values but its "
                         f"shape {shape} needs {int(np.prod(shape))}")
     return values.reshape(shape)

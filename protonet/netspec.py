@@ -71,6 +71,11 @@ def assign_proto(proto, name, val, where=""):
                             f"{type(proto).__name__}: {e}") from None
 
 
+class NetSpecTypeError(ProtonetError, TypeError):
+    """A layer function got a bottom that is not a Top (a TypeError, as in
+    pycaffe's net_spec)."""
+
+
 class Top:
     """One output of a layer function; usable as another layer's bottom."""
 
@@ -91,8 +96,9 @@ class Function:
         self.type_name = type_name
         for i, inp in enumerate(inputs):
             if not isinstance(inp, Top):
-                raise ProtonetError(f"{type_name}: bottom {i} must be the top "
-                                    f"of another layer, got {type(inp).__name__}")
+                raise NetSpecTypeError(f"{type_name}: bottom {i} must be the "
+                                       "top of another layer, got "
+                                       f"{type(inp).__name__}")
         self.inputs = inputs
         self.params = dict(params)
         self.ntop = self.params.pop("ntop", 1)
