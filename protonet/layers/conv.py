@@ -295,11 +295,15 @@ class ConvolutionLayer(_BaseConvolutionLayer):
     """
 
     def forward(self, bottom, top):
+        if not bottom[0].count:  # empty batch/axis: nothing to compute
+            return
         for b, t in zip(bottom, top):
             self._img_to_col(b.data, t.data)
             self._bias_forward(t)
 
     def backward(self, top, propagate_down, bottom):
+        if not bottom[0].count:  # empty batch/axis: nothing to compute
+            return
         for i, (b, t) in enumerate(zip(bottom, top)):
             self._bias_backward(t)
             if self.param_propagate_down[0]:
@@ -328,11 +332,15 @@ class DeconvolutionLayer(_BaseConvolutionLayer):
     reverse = True
 
     def forward(self, bottom, top):
+        if not bottom[0].count:  # empty batch/axis: nothing to compute
+            return
         for b, t in zip(bottom, top):
             self._col_to_img(b.data, t.data)
             self._bias_forward(t)
 
     def backward(self, top, propagate_down, bottom):
+        if not bottom[0].count:  # empty batch/axis: nothing to compute
+            return
         for i, (b, t) in enumerate(zip(bottom, top)):
             self._bias_backward(t)
             if self.param_propagate_down[0]:

@@ -83,6 +83,8 @@ class NormalizeLayer(Layer):
         return s.reshape(()) if self.channel_shared else s.reshape(1, -1, 1)
 
     def forward(self, bottom, top):
+        if not bottom[0].count:  # empty batch/axis: nothing to compute
+            return
         x = self._view(bottom[0].data)
         axes = (1, 2) if self.across_spatial else (1,)
         self._norm = np.sqrt(np.sum(x * x, axis=axes, keepdims=True)
@@ -94,6 +96,8 @@ class NormalizeLayer(Layer):
         y *= self._scale()
 
     def backward(self, top, propagate_down, bottom):
+        if not bottom[0].count:  # empty batch/axis: nothing to compute
+            return
         g = self._view(top[0].diff)
         y = self._view(top[0].data)
         x, n, scale = self._x, self._norm, self._scale()

@@ -85,6 +85,8 @@ class BatchNormLayer(Layer):
         return a.reshape(n, self.channels, -1)
 
     def forward(self, bottom, top):
+        if not bottom[0].count:  # empty batch/axis: nothing to compute
+            return
         x = self._view(bottom[0].data)
         if self.use_global_stats:
             factor = self.blobs[2].data[0]
@@ -113,6 +115,8 @@ class BatchNormLayer(Layer):
         self._view(top[0].data)[...] = y
 
     def backward(self, top, propagate_down, bottom):
+        if not bottom[0].count:  # empty batch/axis: nothing to compute
+            return
         if not propagate_down[0]:
             return
         dy = self._view(top[0].diff)
@@ -166,6 +170,8 @@ class MVNLayer(Layer):
         self.rows = N if self.across_channels else N * C
 
     def forward(self, bottom, top):
+        if not bottom[0].count:  # empty batch/axis: nothing to compute
+            return
         x = bottom[0].data.reshape(self.rows, -1)
         y = x - x.mean(axis=1, keepdims=True, dtype=self.dtype)
         if self.normalize_variance:
@@ -176,6 +182,8 @@ class MVNLayer(Layer):
         top[0].data.reshape(self.rows, -1)[...] = y
 
     def backward(self, top, propagate_down, bottom):
+        if not bottom[0].count:  # empty batch/axis: nothing to compute
+            return
         if not propagate_down[0]:
             return
         dy = top[0].diff.reshape(self.rows, -1)
@@ -189,6 +197,8 @@ class MVNLayer(Layer):
 
 def _window_sum(a, size, axis):
     """Sum over a centred window of odd `size` along `axis`, zero-padded."""
+    if not a.size:              # an empty axis: no window fits, nothing to sum
+        return np.zeros_like(a)
     pad = (size - 1) // 2
     widths = [(0, 0)] * a.ndim
     widths[axis] = (pad, pad)
