@@ -124,7 +124,7 @@ def test_digits_dataset_matches_caffe_ref_split(tmp_path):
     h5py = pytest.importorskip("h5py")
     pytest.importorskip("sklearn")
     out = tmp_path / "digits"
-    assert datasets.run(parse(datasets, ["digits", "--out", str(out)])) == 0
+    assert datasets.run(parse(datasets, ["digits", "--split", "ordered", "--out", str(out)])) == 0
     ref = "tests/fixtures/caffe_ref/train/lr_fixed/digits_test.h5"
     with h5py.File(out / "digits_test.h5", "r") as f, h5py.File(ref, "r") as g:
         np.testing.assert_array_equal(f["data"][()], g["data"][()])
@@ -168,3 +168,13 @@ def test_digits_upscaled_feeds_the_zoo_net(tmp_path, monkeypatch):
     assert deploy.blobs["prob"].shape == (1, 10)
     n_params = sum(b.count for layer in deploy.layers for b in layer.blobs)
     assert n_params == 58106
+
+
+def test_digits_shuffled_split_is_a_fixed_partition():
+    train, test = datasets.split_indices(1797, "shuffled")
+    assert len(train) == 1200 and len(test) == 597
+    assert sorted(np.concatenate([train, test]).tolist()) == list(range(1797))
+    again, _ = datasets.split_indices(1797, "shuffled")
+    assert np.array_equal(train, again)
+    ordered, _ = datasets.split_indices(1797, "ordered")
+    assert np.array_equal(ordered, np.arange(1200))
