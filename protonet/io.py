@@ -115,11 +115,29 @@ def parse_binary(data, message, path=None, what=None):
         raise ParseError(f"this is {other}, not a {kind}", path)
     try:
         message.ParseFromString(data)
+        _check_strings(message)
     except (_message.DecodeError, RuntimeError, ValueError) as e:
         raise ParseError(
             f"not a valid {kind} (truncated, corrupted, or another kind of "
             f"file): {e}", path) from None
     return message
+
+
+def _check_strings(message):
+    """Refuse invalid UTF-8 in string fields now: the wire parser keeps it in
+    proto2 strings as bytes, which trip a later use (UnicodeDecodeError).
+    Blob data is skipped: it holds no strings."""
+    for field, value in message.ListFields():
+        if field.name in ("blobs", "history"):
+            continue
+        if field.type == field.TYPE_MESSAGE:
+            for m in (value if field.is_repeated else [value]):
+                _check_strings(m)
+        elif field.type == field.TYPE_STRING:
+            for v in (value if field.is_repeated else [value]):
+                if isinstance(v, bytes):
+                    raise ValueError(f"string field '{field.name}' holds "
+                                     f"invalid UTF-8 {v[:40]!r}")
 
 
 def atomic_write(path, data):

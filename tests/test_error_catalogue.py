@@ -341,3 +341,25 @@ def test_legacy_files_fail_cleanly(text, words, tmp_path):
             assert w in str(e)
     else:
         pytest.fail("a legacy net with a dangling bottom was accepted")
+
+
+# -- regressions found by the atheris fuzzer ---------------------------------
+
+
+def test_invalid_utf8_string_in_caffemodel(tmp_path):
+    data = b"\x1a\x0einception_ti\x99\x86"        # NetParameter.input, bad UTF-8
+    path = _mutate(tmp_path, data)
+    with pytest.raises(ParseError, match="invalid UTF-8"):
+        io.read_caffemodel(path)
+
+
+def test_prior_box_infinite_min_size(tmp_path):
+    text = (inp(1, 2, 2, 3) + layer("Input", "input_param { shape { dim: 1 dim: 3 "
+                                    "dim: 8 dim: 8 } }", bottom="", top="img",
+                                    name="img")
+            + layer("PriorBox", "prior_box_param { min_size: inf }",
+                    bottom="data img"))
+    path = tmp_path / "net.prototxt"
+    path.write_text(text)
+    with pytest.raises(LayerError, match="PriorBox layer 'L'.*finite"):
+        protonet.Net(str(path), phase=protonet.TEST)

@@ -192,8 +192,12 @@ class PriorBoxLayer(Layer):
         p = self.param.prior_box_param
         if not p.min_size:
             raise LayerError(self, "prior_box_param needs at least one min_size")
-        if any(s <= 0 for s in p.min_size):
-            raise LayerError(self, f"min_size must be positive, got {list(p.min_size)}")
+        if any(not 0 < s < np.inf for s in p.min_size):
+            raise LayerError(self, f"min_size must be positive and finite, got "
+                             f"{list(p.min_size)}")
+        if any(not np.isfinite(s) for s in p.max_size):
+            raise LayerError(self, f"max_size must be finite, got "
+                             f"{list(p.max_size)}")
         self.min_sizes = [int(s) for s in p.min_size]
         ratios = [1.0]
         for ar in p.aspect_ratio:
