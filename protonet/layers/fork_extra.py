@@ -80,9 +80,9 @@ class UnPoolingLayer(Layer):
     dx[n, c] = sum over (h, w) of dy[n, c, h, w].
 
     Shape: (N, C, H, W) with H, W from bottom[1].  Supports
-    unpooling_param.unpool REP with out_kernel_size / out_stride 0 (the
-    global form ParseNet publishes); MAX / AVE unpooling with explicit kernels
-    raise UnsupportedError.
+    unpooling_param.unpool REP without out_kernel_* / out_pad_* (the global
+    form ParseNet publishes; out_stride is then unused); MAX / AVE unpooling
+    and explicit kernels raise UnsupportedError.
 
     Mirrors: src/caffe/layers/unpooling_layer.cpp (ParseNet, weiliu89/caffe
     fcn branch; unverified against its source).
@@ -97,9 +97,9 @@ class UnPoolingLayer(Layer):
         if p.unpool != caffe_pb2.UnPoolingParameter.REP:
             raise self.unsupported("unpooling_param.unpool",
                                    caffe_pb2.UnPoolingParameter.UnPoolMethod.Name(p.unpool))
+        # The global form has no kernel (out_stride is then meaningless).
         for field in ("out_kernel_size", "out_kernel_h", "out_kernel_w",
-                      "out_stride", "out_stride_h", "out_stride_w", "out_pad",
-                      "out_pad_h", "out_pad_w"):
+                      "out_pad", "out_pad_h", "out_pad_w"):
             if getattr(p, field):
                 raise self.unsupported(f"unpooling_param.{field}",
                                        getattr(p, field))
