@@ -30,6 +30,7 @@ from .. import io as _io
 from .. import rng as _rng
 from ..errors import NumericalError, SolverError
 from ..lr_policy import check_policy, learning_rate
+from ..numerics import check_step
 from ..net import TEST, TRAIN, Net
 from ..proto import caffe_pb2
 
@@ -252,10 +253,7 @@ class Solver:
             for _ in range(p.iter_size):
                 loss += self.forward_backward()
             loss /= f32(p.iter_size)
-            if not np.isfinite(loss):
-                raise NumericalError(
-                    f"iteration {self.iter}: the training loss is {loss} "
-                    f"(training stopped; the last snapshot on disk is kept)")
+            check_step(self.net, self.iter, loss)   # NaN/Inf: NumericalError
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
                 caffelog.info(f"Iteration {self.iter}, loss = "
