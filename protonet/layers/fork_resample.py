@@ -59,8 +59,8 @@ class _Unpool(Layer):
             N, C, H, W = bottom[0].shape
             g = top[0].diff.reshape(N * C, -1)
             bottom[0].diff[...] = np.take_along_axis(g, self._idx, axis=1).reshape(N, C, H, W)
-        if len(propagate_down) > 1 and propagate_down[1]:
-            raise LayerError(self, "cannot backpropagate to the mask")
+        # NOTE(caffe): the pooling mask gets no gradient; the forks ignore
+        # propagate_down[1] (it is set whenever the pooling layer learns).
 
 
 @register("Upsample")
@@ -215,8 +215,8 @@ class _Bilinear(Layer):
     def backward(self, top, propagate_down, bottom):
         if propagate_down[0]:
             bottom[0].diff[...] = self._Ah.T @ top[0].diff @ self._Aw
-        if any(propagate_down[1:]):
-            raise LayerError(self, "cannot backpropagate to the size bottom")
+        # NOTE(caffe): the size bottom gets no gradient (propagate_down[1:]
+        # is ignored, as Crop does).
 
 
 @register("BilinearInterpolate")
@@ -441,8 +441,7 @@ class ROIPoolingLayer(Layer):
             r, c, _, _ = np.nonzero(ok)
             np.add.at(dx, (batch[r], c, self._argmax[ok]), top[0].diff[ok])
             bottom[0].diff[...] = dx.reshape(N, C, H, W)
-        if propagate_down[1]:
-            raise LayerError(self, "cannot backpropagate to the rois")
+        # NOTE(caffe): the rois get no gradient; propagate_down[1] is ignored.
 
 
 @register("PSROIPooling")
@@ -530,5 +529,4 @@ class PSROIPoolingLayer(Layer):
                 idx = tuple(np.broadcast_to(a, shape) for a in (b, c, rows, cols))
                 np.add.at(D, idx, sign * v)
             bottom[0].diff[...] = D.cumsum(axis=2).cumsum(axis=3)[:, :, :H, :W]
-        if propagate_down[1]:
-            raise LayerError(self, "cannot backpropagate to the rois")
+        # NOTE(caffe): the rois get no gradient; propagate_down[1] is ignored.
