@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import caffelog
 from .. import io as _io
+from .. import parallel
 from .. import rng as _rng
 from ..errors import NumericalError, SolverError
 from ..lr_policy import check_policy, learning_rate
@@ -85,6 +86,8 @@ class Solver:
         self.where = self.path or "<solver>"
         self.action_request = action_request
         self._check_param()
+        # Under `mpirun -n N` (N > 1): data-parallel training; else None.
+        self.dp = parallel.data_parallel(self)
         caffelog.info("Initializing solver from parameters: \n"
                       + _io.format_text(self.param), "solver.cpp:44")
         # NOTE(caffe): the proto's default is GPU, but Caffe's tool only
@@ -108,6 +111,8 @@ class Solver:
         self._init_test_nets()
         self.history = [np.zeros(b.shape, f32) for b in self.net.learnable_params]
         self.pre_solve()
+        if self.dp is not None:
+            self.dp.broadcast_state(self)
         caffelog.info("Solver scaffolding done.", "solver.cpp:56")
 
     # -- construction -----------------------------------------------------
@@ -231,7 +236,10 @@ class Solver:
 
     def forward_backward(self):
         loss = self.net.forward_from_to()
-        self.net.backward_from_to()
+        if self.dp is not None:     # starts the gradient allreduce early
+            self.dp.backward(self.net, self.param.iter_size)
+        else:
+            self.net.backward_from_to()
         return f32(loss)
 
     def step(self, iters):
@@ -253,6 +261,8 @@ class Solver:
             for _ in range(p.iter_size):
                 loss += self.forward_backward()
             loss /= f32(p.iter_size)
+            if self.dp is not None:     # gradients and loss: mean over ranks
+                loss = self.dp.reduce_gradients(self, loss)
             check_step(self.net, self.iter, loss)   # NaN/Inf: NumericalError
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
@@ -262,7 +272,7 @@ class Solver:
                 self._log_outputs(self.net, None, "Train", "solver.cpp:237")
             self.apply_update()
             self.iter += 1
-            request = self._request()
+            request = self._request() if self.dp is None else self.dp.request
             if (p.snapshot and self.iter % p.snapshot == 0) or \
                     request == "snapshot":
                 self.snapshot()
@@ -279,7 +289,10 @@ class Solver:
         if resume_file:
             caffelog.info(f"Restoring previous solver status from "
                           f"{resume_file}", "solver.cpp:294")
-            self.restore(resume_file)
+            if self.dp is None or self.dp.is_root:
+                self.restore(resume_file)
+            if self.dp is not None:
+                self.dp.broadcast_state(self)
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and \
@@ -330,9 +343,11 @@ class Solver:
         """Run every test net; results in `self.test_results`."""
         self.test_results = []
         for i in range(len(self.test_nets)):
-            if self.requested_early_exit:
+            if self.requested_early_exit or not parallel.is_root():
                 break
             self.test_results.append(self.test(i))
+        if self.dp is not None:     # rank 0 alone tests
+            self.dp.after_test(self)
 
     def share_trained_layers(self, test_net):
         """Make `test_net`'s parameters views of the train net's, by layer
@@ -453,7 +468,9 @@ class Solver:
 
     def snapshot(self):
         """Write the weights and the solver state (plus protonet's sidecar);
-        returns (model file, state file)."""
+        returns (model file, state file); None on ranks other than 0."""
+        if not parallel.is_root():
+            return None
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
         folder = os.path.dirname(self.param.snapshot_prefix)
         if folder:
