@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from .. import parallel
 from .. import rng as _rng
 from ..errors import DataError, LayerError
 from ..fillers import fill
@@ -237,7 +238,9 @@ class HDF5DataLayer(Layer):
     `shuffle` (file order and row order reshuffled at every wrap, with
     protonet's generator, so not Caffe's std::random_shuffle order).
     Every top has shape (batch_size,) + the dataset's trailing dimensions;
-    reading wraps around at the end of the last file.
+    reading wraps around at the end of the last file. Under data-parallel
+    training rank r of N reads rows [r*B, (r+1)*B) of every N*B rows a
+    single reader would read (see protonet.parallel).
 
     Mirrors: src/caffe/layers/hdf5_data_layer.cpp.
     """
@@ -266,6 +269,8 @@ class HDF5DataLayer(Layer):
         self.current_row = 0
         for t, arr in zip(top, self.arrays):
             t.reshape((self.batch_size,) + arr.shape[1:])
+        # Data-parallel training: this rank's block of each rank-wide batch.
+        self.shard = parallel.data_shard(self)
 
     def _load(self, name, permutation=None):
         from ..hdf5 import load_datasets
@@ -303,12 +308,23 @@ class HDF5DataLayer(Layer):
     def reshape(self, bottom, top):
         """Shapes are set at setup (Caffe shapes data layers on the fly)."""
 
+    def _skip(self, rows):
+        """Move past `rows` rows (the other ranks' shards)."""
+        while rows:
+            take = min(rows, self.arrays[0].shape[0] - self.current_row)
+            rows -= take
+            self.current_row += take
+            if self.current_row == self.arrays[0].shape[0]:
+                self._advance_file()
+
     def forward(self, bottom, top):
         filled = 0
         b = self.batch_size
         for t, a in zip(top, self.arrays):
             if t.shape[1:] != a.shape[1:]:
                 t.reshape((b,) + a.shape[1:])
+        before, after = parallel.shard_skips(self.shard, b)
+        self._skip(before)
         while filled < b:
             n = self.arrays[0].shape[0]
             take = min(b - filled, n - self.current_row)
@@ -319,6 +335,7 @@ class HDF5DataLayer(Layer):
             self.current_row += take
             if self.current_row == n:
                 self._advance_file()
+        self._skip(after)
 
     def backward(self, top, propagate_down, bottom):
         pass

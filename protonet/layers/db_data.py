@@ -16,6 +16,7 @@ import os
 import numpy as np
 
 from .. import db as _db
+from .. import parallel
 from .. import rng as _rng
 from ..errors import DataError, LayerError
 from ..layer import Layer
@@ -100,6 +101,8 @@ def _check_batch_size(layer, batch_size, field):
 class _DBReader:
     """Reads and transforms batches of Datum records from an LMDB cursor."""
 
+    shard = (0, 1)      # data-parallel training: (rank, ranks)
+
     def __init__(self, who, source, batch_size, transformer, color, dtype,
                  skip):
         self.who, self.source = who, source
@@ -124,6 +127,9 @@ class _DBReader:
 
     def next_batch(self):
         items, labels = [], np.empty(self.batch_size, self.dtype)
+        before, after = parallel.shard_skips(self.shard, self.batch_size)
+        for _ in range(before):     # the other ranks' records
+            self.cursor.next()
         for i in range(self.batch_size):
             key, datum, arr = self._read()
             if items and arr.shape != items[0].shape:
@@ -137,6 +143,8 @@ class _DBReader:
                 where = self._where(key)
             items.append(arr)
             labels[i] = datum.label
+            self.cursor.next()
+        for _ in range(after):
             self.cursor.next()
         data = self.transformer.apply(np.stack(items), where)
         return data, labels, self.get_state()
@@ -186,9 +194,11 @@ class DataLayer(_PrefetchingDataLayer):
         color = self.transformer.color
         if color is None and p.force_encoded_color:
             color = True
-        return _DBReader(f"Data layer '{self.name}'", p.source,
-                         self.batch_size, self.transformer, color, self.dtype,
-                         skip)
+        reader = _DBReader(f"Data layer '{self.name}'", p.source,
+                           self.batch_size, self.transformer, color,
+                           self.dtype, skip)
+        reader.shard = parallel.data_shard(self)
+        return reader
 
 
 # ---------------------------------------------------------------------------
