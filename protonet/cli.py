@@ -217,7 +217,8 @@ def cmd_train(a):
     _warn_gpu(a)
     progress = _Progress(param.max_iter, sys.stderr) \
         if sys.stderr.isatty() else None
-    with _Signals(a.sigint_effect, a.sighup_effect) as sig:
+    from .parallel import abort_on_error    # under mpirun: stop every rank
+    with _Signals(a.sigint_effect, a.sighup_effect) as sig, abort_on_error():
         def request():
             if progress is not None:
                 progress.update(solver.iter)
