@@ -790,6 +790,56 @@ class Net:
                                                  f"'{sl.name}' param {j}",
                                                  self.dtype).reshape(tb.shape)
 
+    def share_with(self, other):
+        """Make this net's parameters views of `other`'s, matching layers by
+        name (Caffe's Net::ShareTrainedLayersWith; pycaffe's share_with).
+        Layers that only this net has keep their own parameters."""
+        for name, layer in zip(other._layer_names, other.layers):
+            if not layer.blobs or name not in self.layer_dict:
+                continue
+            target = self.layer_dict[name].blobs
+            if len(target) != len(layer.blobs):
+                raise NetError(f"share_with: layer '{name}' has "
+                               f"{len(layer.blobs)} parameter blob(s) in the "
+                               f"source net but {len(target)} in this one")
+            for i, (src, dst) in enumerate(zip(layer.blobs, target)):
+                if src.shape != dst.shape:
+                    raise NetError(f"share_with: layer '{name}' param {i}: "
+                                   f"source shape {src.shape}, this net's "
+                                   f"shape {dst.shape}")
+                dst.share_data(src)
+
+    def save_hdf5(self, path):
+        """Write the parameters as Caffe's HDF5 weights (Net::ToHDF5)."""
+        from .hdf5 import save_hdf5
+        save_hdf5(self, str(path))
+
+    def load_hdf5(self, path):
+        """Copy parameters by layer name from Caffe's HDF5 weights."""
+        from .hdf5 import copy_from_hdf5
+        copy_from_hdf5(self, str(path))
+
+    # pycaffe's low-level bindings (_caffe.cpp): layer indices, blob ids.
+    def _forward(self, start, end):
+        return self.forward_from_to(start, end)
+
+    def _backward(self, start, end):
+        self.backward_from_to(start, end)
+
+    @property
+    def _inputs(self):
+        return list(self.input_ids)
+
+    @property
+    def _outputs(self):
+        return [self._blob_names.index(n) for n in self._output_names]
+
+    def _bottom_ids(self, i):
+        return list(self.bottom_ids[i])
+
+    def _top_ids(self, i):
+        return list(self.top_ids[i])
+
     def to_proto(self, write_diff=False):
         """The net with its parameters, as Caffe's Net::ToProto."""
         out = caffe_pb2.NetParameter(name=self.name)

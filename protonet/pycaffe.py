@@ -8,14 +8,11 @@ python/caffe/pycaffe.py.  Most of pycaffe's surface lives where it belongs
 * module functions: `init_log`, `log`, `has_nccl`, `solver_count`,
   `set_solver_count`, `solver_rank`, `set_solver_rank`, `set_multiprocess`;
 * classes: `Timer` (pycaffe's `caffe.Timer`), `NCCL` (a stub: protonet runs
-  one solver on one CPU, so constructing it raises), `LayerParameter`;
-* the Net and Solver methods pycaffe binds that protonet's classes do not
-  define themselves (`share_with`, `save_hdf5`, `load_hdf5`, `_forward`,
-  `_backward`, `_inputs`, `_outputs`, `_bottom_ids`,
-  `_top_ids`; `Solver.share_weights`).  They are attached to the classes at
-  import time -- exactly how pycaffe itself decorates the C++ `Net` with
-  Python methods -- and only where the class has no attribute of that name,
-  so a real implementation in net.py or the solvers always wins.
+  one solver on one CPU, so constructing it raises), `LayerParameter`.
+
+(The Net and Solver methods that _caffe.cpp binds -- `share_with`,
+`save_hdf5`, `_forward`, `Solver.share_weights`, ... -- are methods of
+`protonet.Net` and the solvers themselves.)
 
 `install_caffe_alias()` registers protonet under the module names pycaffe
 uses (`caffe`, `caffe.proto.caffe_pb2`, `caffe.io`, `caffe.draw`, ...), so a
@@ -28,11 +25,7 @@ import time
 
 from . import caffelog
 from .errors import ProtonetError
-from .net import Net
 from .proto import caffe_pb2
-from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
-                      NesterovSolver, RMSPropSolver, SGDSolver, Solver,
-                      get_solver)
 
 # pycaffe exposes the LayerParameter message type (Python layers get one).
 LayerParameter = caffe_pb2.LayerParameter
@@ -170,82 +163,6 @@ class Timer:
     def __repr__(self):
         state = "running" if self.running else f"{self.ms:.3f} ms"
         return f"<Timer {state}>"
-
-
-# ---------------------------------------------------------------------------
-# Net and Solver methods bound by _caffe.cpp
-
-
-def _net_share_with(self, other):
-    """Make this net's parameters views of `other`'s, matching layers by name
-    (Caffe's Net::ShareTrainedLayersWith; layers only here are kept)."""
-    for name, layer in zip(other._layer_names, other.layers):
-        if not layer.blobs or name not in self.layer_dict:
-            continue
-        target = self.layer_dict[name].blobs
-        if len(target) != len(layer.blobs):
-            raise ProtonetError(
-                f"share_with: layer '{name}' has {len(layer.blobs)} parameter "
-                f"blob(s) in the source net but {len(target)} in this one")
-        for i, (src, dst) in enumerate(zip(layer.blobs, target)):
-            if src.shape != dst.shape:
-                raise ProtonetError(
-                    f"share_with: layer '{name}' param {i}: source shape "
-                    f"{src.shape}, this net's shape {dst.shape}")
-            dst.share_data(src)
-
-
-def _net_save_hdf5(self, filename):
-    """Write the parameters as Caffe's HDF5 weights file (Net::ToHDF5)."""
-    from .hdf5 import save_hdf5
-    save_hdf5(self, str(filename))
-
-
-def _net_load_hdf5(self, filename):
-    """Copy parameters from Caffe's HDF5 weights file by layer name."""
-    from .hdf5 import copy_from_hdf5
-    copy_from_hdf5(self, str(filename))
-
-
-def _net_forward_raw(self, start, end):
-    """pycaffe's Net._forward(start, end): layer indices, inclusive."""
-    return self.forward_from_to(start, end)
-
-
-def _net_backward_raw(self, start, end):
-    """pycaffe's Net._backward(start, end): layer indices, start >= end."""
-    self.backward_from_to(start, end)
-
-
-_NET_EXTRAS = {
-    "share_with": _net_share_with,
-    "save_hdf5": _net_save_hdf5,
-    "load_hdf5": _net_load_hdf5,
-    "_forward": _net_forward_raw,
-    "_backward": _net_backward_raw,
-    "_inputs": property(lambda self: list(self.input_ids)),
-    "_outputs": property(lambda self: [self._blob_names.index(n)
-                                       for n in self.outputs]),
-    "_bottom_ids": lambda self, i: list(self.bottom_ids[i]),
-    "_top_ids": lambda self, i: list(self.top_ids[i]),
-}
-
-
-def _solver_share_weights(self, net):
-    """pycaffe's Solver.share_weights(net): `net` uses the training net's
-    parameters from now on (by layer name)."""
-    _net_share_with(net, self.net)
-
-
-def _add_missing(cls, methods):
-    for name, fn in methods.items():
-        if name not in cls.__dict__ and not any(name in base.__dict__
-                                                for base in cls.__mro__[1:]):
-            setattr(cls, name, fn)
-
-
-_add_missing(Net, _NET_EXTRAS)
-_add_missing(Solver, {"share_weights": _solver_share_weights})
 
 
 # ---------------------------------------------------------------------------

@@ -352,20 +352,11 @@ class Solver:
     def share_trained_layers(self, test_net):
         """Make `test_net`'s parameters views of the train net's, by layer
         name (Caffe's Net::ShareTrainedLayersWith)."""
-        for name, layer in zip(self.net.layer_names, self.net.layers):
-            if not layer.blobs or name not in test_net.layer_dict:
-                continue
-            target = test_net.layer_dict[name].blobs
-            if len(target) != len(layer.blobs):
-                raise SolverError(f"layer '{name}': {len(layer.blobs)} param "
-                                  f"blob(s) in the train net but "
-                                  f"{len(target)} in the test net")
-            for src, dst in zip(layer.blobs, target):
-                if src.shape != dst.shape:
-                    raise SolverError(f"layer '{name}': param shape "
-                                      f"{src.shape} in the train net, "
-                                      f"{dst.shape} in the test net")
-                dst.share_data(src)
+        test_net.share_with(self.net)
+
+    def share_weights(self, net):
+        """pycaffe's Solver.share_weights(net)."""
+        net.share_with(self.net)
 
     def test(self, test_net_id=0):
         """Forward test net `test_net_id` test_iter times; returns a dict of
