@@ -11,6 +11,24 @@ from .errors import ProtonetError
 from .net import TEST, Net
 
 
+def input_transformer(net, mean=None, input_scale=None, raw_scale=None,
+                      channel_swap=None):
+    """A Transformer for the net's first input, configured as pycaffe's
+    Classifier and Detector do (HxWxK images -> KxHxW, then the options)."""
+    in_ = net.inputs[0]
+    t = imageio.Transformer({in_: net.blobs[in_].shape})
+    t.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        t.set_mean(in_, mean)
+    if input_scale is not None:
+        t.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        t.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        t.set_channel_swap(in_, channel_swap)
+    return t
+
+
 class Classifier(Net):
     """Image classification with preprocessing and optional oversampling.
 
@@ -28,16 +46,8 @@ class Classifier(Net):
                  channel_swap=None):
         super().__init__(model_file, weights=pretrained_file, phase=TEST)
         in_ = self.inputs[0]
-        self.transformer = imageio.Transformer({in_: self.blobs[in_].shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(self, mean, input_scale,
+                                             raw_scale, channel_swap)
         self.crop_dims = np.array(self.blobs[in_].shape[2:])
         if image_dims is None or len(image_dims) == 0:
             image_dims = self.crop_dims

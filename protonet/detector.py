@@ -11,6 +11,7 @@ import numpy as np
 
 from . import imageio
 from .errors import ProtonetError, UnsupportedError
+from .classifier import input_transformer
 from .net import TEST, Net
 
 
@@ -29,17 +30,8 @@ class Detector(Net):
                  input_scale=None, raw_scale=None, channel_swap=None,
                  context_pad=None):
         super().__init__(model_file, weights=pretrained_file, phase=TEST)
-        in_ = self.inputs[0]
-        self.transformer = imageio.Transformer({in_: self.blobs[in_].shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = input_transformer(self, mean, input_scale,
+                                             raw_scale, channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows):

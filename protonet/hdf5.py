@@ -18,11 +18,11 @@ raise a ProtonetError saying how to install it.
 """
 
 import os
-import tempfile
 
 import numpy as np
 
 from .errors import DataError, ProtonetError, WeightsError
+from .io import atomic_output
 
 
 def require_h5py(what="HDF5 files"):
@@ -37,24 +37,12 @@ def require_h5py(what="HDF5 files"):
 
 
 def _atomic_h5(path, fill):
-    """Create the HDF5 file `path` through a temp file + rename, calling
-    `fill(h5file)` to write its contents."""
+    """Create the HDF5 file `path` atomically (protonet.io.atomic_output),
+    calling `fill(h5file)` to write its contents."""
     h5py = require_h5py()
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             fill(f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 # ---------------------------------------------------------------------------

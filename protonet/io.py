@@ -10,6 +10,7 @@ always see the current (V2) format, exactly as Caffe's `ReadNetParamsFrom*`.
 """
 
 import math
+import contextlib
 import os
 import tempfile
 
@@ -140,19 +141,24 @@ def _check_strings(message):
                                      f"invalid UTF-8 {v[:40]!r}")
 
 
-def atomic_write(path, data):
-    """Write `data` (bytes) to `path` so that a crash leaves either the old
-    file or the complete new one: temp file in the same folder, fsync, rename.
-    """
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path next to `path`; when the block succeeds the
+    file is synced and renamed over `path` (and the folder synced), so a
+    crash leaves either the old file or the complete new one, never part.
+    On an exception the temporary file is removed."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp", dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -168,6 +174,14 @@ def atomic_write(path, data):
             os.close(dfd)
     except OSError:
         pass
+
+
+def atomic_write(path, data):
+    """Write `data` (bytes) to `path` atomically and durably (see
+    `atomic_output`)."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 def write_text(path, message):
@@ -296,7 +310,6 @@ def blob_shape(blob):
     if blob.HasField("num") or blob.HasField("channels") or \
             blob.HasField("height") or blob.HasField("width"):
         return (blob.num, blob.channels, blob.height, blob.width)
-    n = len(blob.double_data) or len(blob.data)
     # NOTE(caffe): a blob with neither `shape` nor legacy dims has zero axes
     # (Caffe writes 0-axis blobs, e.g. a shared PReLU slope, that way).
     return ()
