@@ -77,6 +77,9 @@ def _parser():
     _flag(p, "gpu", default=None, help="accepted; protonet runs on the CPU")
     _flag(p, "sigint_effect", choices=_EFFECTS, default="stop")
     _flag(p, "sighup_effect", choices=_EFFECTS, default="snapshot")
+    _flag(p, "allow_python_layer", action="store_true",
+          help="allow `Python` layers, which run code named in the prototxt "
+          "(also PROTONET_ALLOW_PYTHON_LAYER=1)")
     g = p.add_argument_group("solver settings for `train net.prototxt`")
     for name, kind, default in [
             ("type", str, "SGD"), ("base_lr", float, 0.01),
@@ -242,8 +245,10 @@ def cmd_test(a):
     if not a.weights:
         raise ProtonetError("Need model weights to score (-weights).")
     _warn_gpu(a)
+    # Inference memory mode: activations no later layer reads are released
+    # (the outputs, which are scored, are kept).
     net = Net(a.model, weights=a.weights, phase=TEST, level=a.level,
-              stages=_stages(a))
+              stages=_stages(a), memory="inference")
     caffelog.info(f"Running for {a.iterations} iterations.", "caffe.cpp:304")
     sums, names = None, []
     loss = np.float32(0)
@@ -414,6 +419,9 @@ def main(argv=None):
         args = _parser().parse_args(argv)
     except SystemExit as e:     # argparse: usage errors and --help
         return int(e.code or 0) if isinstance(e.code, int) else 2
+    if getattr(args, "allow_python_layer", False):
+        from .layers.python_layer import allow_python_layers
+        allow_python_layers(True)
     handler = caffelog.enable(sys.stderr)
     try:
         return COMMANDS[args.command](args)
