@@ -230,6 +230,7 @@ class DataParallel:
                          f"{message}; aborting all ranks (the last snapshot "
                          "on disk is kept)\n")
         sys.stderr.flush()
+        time.sleep(0.5)     # let the launcher forward the message first
         self.comm.Abort(1)
 
     # -- waiting with a deadline ------------------------------------------
