@@ -298,15 +298,6 @@ class DataParallel:
             solver.requested_early_exit = stop
             _rng.set_state(rng_state)
 
-    def weights_digest(self, net):
-        """Whether every rank holds bit-identical weights (a check)."""
-        import hashlib
-        h = hashlib.sha1()
-        for blob in net.learnable_params:
-            h.update(np.ascontiguousarray(blob.data).tobytes())
-        digests = self.comm.allgather(h.hexdigest())
-        return all(d == digests[0] for d in digests)
-
     # -- gradients --------------------------------------------------------
     def _plan(self, net):
         """Buckets in the order backward finishes their parameters."""

@@ -7,7 +7,6 @@ mpi4py is missing. The sharding tests run everywhere.
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
