@@ -201,6 +201,37 @@ def test_chunked_batch_matches_single_chunk(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind,shape,extra", [
+    ("Convolution", (3, 4, 7, 6), "kernel_size: 3 pad: 1 group: 2"),
+    ("Convolution", (2, 4, 8, 7), "kernel_h: 5 kernel_w: 2 pad_h: 2 pad_w: 0 "
+     "dilation: 2"),
+    ("Convolution", (2, 2, 4, 5, 5), "kernel_size: 3 kernel_size: 2 "
+     "kernel_size: 3 pad: 1 pad: 0 pad: 2"),
+    ("Deconvolution", (2, 4, 5, 5), "kernel_size: 3 pad: 1 group: 2"),
+])
+def test_correlation_path_matches_col2im(monkeypatch, kind, shape, extra):
+    """Stride-1 col -> img by correlation with the flipped kernel equals the
+    GEMM + col2im path (conv input gradient, deconv forward)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal(shape)
+    results = []
+    for ratio, used in ((0.0, False), (1e9, True)):
+        monkeypatch.setattr(conv_module, "CORR_MAX_RATIO", ratio)
+        layer, bottom, top = make_layer(conv_text(kind, 4, extra), [x])
+        assert layer._corr_ok is used
+        if not results:
+            params = [b.data.copy() for b in layer.blobs]
+        for blob, arr in zip(layer.blobs, params):
+            blob.data[...] = arr
+        layer.forward(bottom, top)
+        top[0].diff[...] = np.arange(top[0].count).reshape(top[0].shape) % 7
+        layer.backward(top, [True], bottom)
+        results.append((top[0].data.copy(), bottom[0].diff.copy(),
+                        layer.blobs[0].diff.copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_propagate_down_false_leaves_bottom_diff():
     x = np.random.default_rng(7).standard_normal((1, 2, 4, 4))
     layer, bottom, top = run(conv_text(num_output=2, extra="kernel_size: 3"), x)

@@ -5,8 +5,11 @@ deconv_layer.cpp, im2col_layer.cpp.
 
 Convolution is im2col plus one (batched) GEMM per direction, over chunks of
 the batch whose column buffer stays cache-sized; 1x1 convolutions with stride
-1 and pad 0 skip im2col and multiply the reshaped input directly.  Groups are
-one ``np.matmul`` over (G, ...) stacks.  Deconvolution runs the same three
+1 and pad 0 skip im2col and multiply the reshaped input directly.  With
+stride 1 the input gradient (Deconvolution's forward) is a correlation of the
+padded top diff with the flipped kernel (im2col + GEMM): no col2im, whose
+prod(kernel) strided adds cost as much as the GEMM on small images.  Groups
+are one ``np.matmul`` over (G, ...) stacks.  Deconvolution runs the same three
 products with the roles of forward and backward exchanged.
 """
 
@@ -16,9 +19,12 @@ from ..errors import LayerError
 from ..im2col import col2im, conv_out_shape, deconv_out_shape, im2col
 from ..layer import Layer, register
 
-# Column-buffer budget per chunk of the batch (bytes).  Measured here: a
-# buffer that stays within L2 (2 MiB) beats one whole-batch buffer.
-COL_BUFFER_BYTES = 1 << 20
+# Column-buffer budget per chunk of the batch (bytes).  Measured here: 4 MiB
+# beats both 1 MiB and one whole-batch buffer (5-15% on CIFAR-sized images).
+COL_BUFFER_BYTES = 4 << 20
+# Stride-1 col -> img runs as a correlation (im2col + GEMM) instead of GEMM +
+# col2im when its column matrix is at most this many times col2im's.
+CORR_MAX_RATIO = 1.5
 
 
 def conv_geometry(layer, p, num_spatial):
@@ -184,11 +190,24 @@ class _BaseConvolutionLayer(Layer):
         self._padded = (self.chunk, self.img_channels) + tuple(
             i + 2 * q for i, q in zip(self.img_shape, self.pad))
         self._pad_in = self._pad_acc = None
+        self._corr = self._corr_pad = None
+        # col -> img by correlation with the flipped kernel (stride 1 only):
+        # pad the col side by extent-1-pad and im2col it; no col2im adds.
+        # Worth it when its column matrix is not much larger than col2im's.
+        full = tuple(d * (k - 1) - q for k, d, q in zip(
+            self.kernel, self.dilation, self.pad))
+        corr_rows = self.col_channels * int(np.prod(self.kernel))
+        self._corr_ok = (not self.is_1x1 and all(s == 1 for s in self.stride)
+                         and all(f >= 0 for f in full)
+                         and corr_rows * int(np.prod(self.img_shape))
+                         <= CORR_MAX_RATIO * K * P)
+        self._corr_pad_width = full
 
     def release_buffers(self):
         """Drop the column and padding buffers until the next reshape (the
         net's ``memory="inference"`` mode calls this after forward)."""
         self._cols = self._pad_in = self._pad_acc = None
+        self._corr = self._corr_pad = None
         self._shape = None
 
     def _pad_buffer(self, which):
@@ -237,6 +256,8 @@ class _BaseConvolutionLayer(Layer):
 
     def _col_to_img(self, col, img):
         """img = col2im(W^T @ col), chunk by chunk (img is assigned)."""
+        if self._corr_ok:
+            return self._col_to_img_corr(col, img)
         Wt = self._weights(self.blobs[0].data).transpose(0, 2, 1)
         img, col = self._img(img), self._col(col)
         for s in self._chunks():
@@ -250,6 +271,37 @@ class _BaseConvolutionLayer(Layer):
             np.matmul(Wt, col[s], out=cols)
             col2im(cols, self.kernel, self.stride, self.pad, self.dilation,
                    self.col_shape, img[s], self._pad_buffer("_pad_acc"))
+
+    def _col_to_img_corr(self, col, img):
+        """Stride-1 ``_col_to_img`` as a correlation: img = Wf @ im2col(col
+        padded by extent-1-pad), with Wf the kernel flipped on every spatial
+        axis and its two channel axes swapped (per group)."""
+        G, nd = self.group, self.num_spatial
+        W = self.blobs[0].data.reshape(
+            (G, self.col_channels // G, self.img_channels // G) + self.kernel)
+        flip = W[(Ellipsis,) + (slice(None, None, -1),) * nd]
+        Wf = np.ascontiguousarray(np.moveaxis(flip, 2, 1)).reshape(
+            G, self.img_channels // G, -1)
+        col = col.reshape((self.num, self.col_channels) + self.col_shape)
+        img = self._img(img)
+        P = int(np.prod(self.img_shape))
+        rows = self.col_channels * int(np.prod(self.kernel))
+        if self._corr is None:
+            self._corr = np.empty(self.chunk * rows * P, self.dtype)
+            if any(self._corr_pad_width):
+                self._corr_pad = np.zeros(
+                    (self.chunk, self.col_channels) + tuple(
+                        c + 2 * q for c, q in zip(self.col_shape,
+                                                  self._corr_pad_width)),
+                    self.dtype)
+        ones = (1,) * nd
+        for s in self._chunks():
+            nb = s.stop - s.start
+            cols = im2col(col[s], self.kernel, ones, self._corr_pad_width,
+                          self.dilation, self.img_shape,
+                          self._corr[:nb * rows * P], self._corr_pad)
+            np.matmul(Wf, cols.reshape(nb, G, -1, P),
+                      out=img[s].reshape(nb, G, -1, P))
 
     def _weight_grad(self, img, col):
         """blobs[0].diff += col @ im2col(img)^T, summed over the batch."""
