@@ -39,9 +39,9 @@ mpi4py and the solver behaves exactly as before.
 
 import atexit
 import contextlib
+import json
 import logging
 import os
-import pickle
 import sys
 import time
 
@@ -252,14 +252,15 @@ class DataParallel:
         self.stats["comm_wait"] += time.perf_counter() - t0
 
     def bcast_object(self, obj, what):
-        """Rank 0's `obj` (picklable) on every rank."""
-        data = pickle.dumps(obj) if self.is_root else b""
+        """Rank 0's `obj` (JSON-serialisable, so no code can
+        travel between ranks) on every rank; tuples arrive as lists."""
+        data = json.dumps(obj).encode("utf-8") if self.is_root else b""
         n = np.array([len(data)], np.int64)
         self.wait([self.comm.Ibcast(n, root=0)], f"receiving {what}")
         buf = np.frombuffer(data, np.uint8).copy() if self.is_root \
             else np.empty(int(n[0]), np.uint8)
         self.wait([self.comm.Ibcast(buf, root=0)], f"receiving {what}")
-        return obj if self.is_root else pickle.loads(buf.tobytes())
+        return obj if self.is_root else json.loads(buf.tobytes().decode("utf-8"))
 
     def bcast_arrays(self, arrays, what):
         """Overwrite `arrays` (contiguous) with rank 0's values."""

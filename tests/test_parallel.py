@@ -34,9 +34,19 @@ SOLVERS = {
 ITERS = 6
 
 
+def _find_mpirun():
+    """mpirun next to this Python (pip's `mpich` package puts it there),
+    else on PATH (a system MPI)."""
+    local = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    return local if os.access(local, os.X_OK) else shutil.which("mpirun")
+
+
+MPIRUN = _find_mpirun()
+
+
 def _mpi_missing():
-    if shutil.which("mpirun") is None:
-        return "mpirun is not installed (apt-get install mpich)"
+    if MPIRUN is None:
+        return "mpirun is not installed (pip install protonet[mpi])"
     try:
         import mpi4py  # noqa: F401
     except ImportError:
@@ -148,7 +158,7 @@ def _mpirun(args, cwd, timeout=120, env=None):
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                MKL_NUM_THREADS="1")
-    cmd = ["mpirun", "-n", "2"] + args
+    cmd = [MPIRUN, "-n", "2"] + args
     t0 = time.monotonic()
     p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                        timeout=timeout)
