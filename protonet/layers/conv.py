@@ -13,6 +13,8 @@ are one ``np.matmul`` over (G, ...) stacks.  Deconvolution runs the same three
 products with the roles of forward and backward exchanged.
 """
 
+import threading
+
 import numpy as np
 
 from ..errors import LayerError
@@ -25,6 +27,24 @@ COL_BUFFER_BYTES = 4 << 20
 # Stride-1 col -> img runs as a correlation (im2col + GEMM) instead of GEMM +
 # col2im when its column matrix is at most this many times col2im's.
 CORR_MAX_RATIO = 1.5
+
+_SCRATCH = threading.local()
+
+
+def _scratch(size, dtype):
+    """A flat column buffer of `size` elements shared by every convolution
+    layer of this thread.
+
+    Layers run one at a time and keep nothing in it between calls, so one
+    buffer (the largest any layer needs) serves a whole net: no per-layer
+    copies in training, no re-allocation per layer in memory="inference".
+    """
+    pool = _SCRATCH.__dict__.setdefault("pool", {})
+    buf = pool.get(dtype)
+    if buf is None or buf.size < size:
+        pool[dtype] = None  # free the old one before allocating
+        buf = pool[dtype] = np.empty(size, dtype)
+    return buf[:size]
 
 
 def conv_geometry(layer, p, num_spatial):
@@ -185,12 +205,11 @@ class _BaseConvolutionLayer(Layer):
         # 1x1 convolutions need no column buffer: one GEMM over the batch.
         self.chunk = self.num if self.is_1x1 else \
             max(1, min(self.num, COL_BUFFER_BYTES // max(per_image, 1)))
-        self._cols = None if self.is_1x1 else \
-            np.empty(self.chunk * K * P, self.dtype)
+        self._col_size = 0 if self.is_1x1 else self.chunk * K * P
         self._padded = (self.chunk, self.img_channels) + tuple(
             i + 2 * q for i, q in zip(self.img_shape, self.pad))
         self._pad_in = self._pad_acc = None
-        self._corr = self._corr_pad = None
+        self._corr_pad = None
         # col -> img by correlation with the flipped kernel (stride 1 only):
         # pad the col side by extent-1-pad and im2col it; no col2im adds.
         # Worth it when its column matrix is not much larger than col2im's.
@@ -206,8 +225,7 @@ class _BaseConvolutionLayer(Layer):
     def release_buffers(self):
         """Drop the column and padding buffers until the next reshape (the
         net's ``memory="inference"`` mode calls this after forward)."""
-        self._cols = self._pad_in = self._pad_acc = None
-        self._corr = self._corr_pad = None
+        self._pad_in = self._pad_acc = self._corr_pad = None
         self._shape = None
 
     def _pad_buffer(self, which):
@@ -242,7 +260,8 @@ class _BaseConvolutionLayer(Layer):
         else:
             cols = im2col(img, self.kernel, self.stride, self.pad,
                           self.dilation, self.col_shape,
-                          self._cols[:nb * self._cols.size // self.chunk],
+                          _scratch(nb * self._col_size // self.chunk,
+                                   self.dtype),
                           self._pad_buffer("_pad_in"))
         return cols.reshape(nb, self.group, -1, cols.shape[-1])
 
@@ -266,7 +285,8 @@ class _BaseConvolutionLayer(Layer):
                 np.matmul(Wt, col[s], out=img[s].reshape(
                     nb, self.group, -1, col.shape[-1]))
                 continue
-            cols = self._cols[:nb * self._cols.size // self.chunk].reshape(
+            cols = _scratch(nb * self._col_size // self.chunk,
+                            self.dtype).reshape(
                 nb, self.group, -1, col.shape[-1])
             np.matmul(Wt, col[s], out=cols)
             col2im(cols, self.kernel, self.stride, self.pad, self.dilation,
@@ -286,20 +306,19 @@ class _BaseConvolutionLayer(Layer):
         img = self._img(img)
         P = int(np.prod(self.img_shape))
         rows = self.col_channels * int(np.prod(self.kernel))
-        if self._corr is None:
-            self._corr = np.empty(self.chunk * rows * P, self.dtype)
-            if any(self._corr_pad_width):
-                self._corr_pad = np.zeros(
-                    (self.chunk, self.col_channels) + tuple(
-                        c + 2 * q for c, q in zip(self.col_shape,
-                                                  self._corr_pad_width)),
-                    self.dtype)
+        if self._corr_pad is None and any(self._corr_pad_width):
+            self._corr_pad = np.zeros(
+                (self.chunk, self.col_channels) + tuple(
+                    c + 2 * q for c, q in zip(self.col_shape,
+                                              self._corr_pad_width)),
+                self.dtype)
         ones = (1,) * nd
         for s in self._chunks():
             nb = s.stop - s.start
             cols = im2col(col[s], self.kernel, ones, self._corr_pad_width,
                           self.dilation, self.img_shape,
-                          self._corr[:nb * rows * P], self._corr_pad)
+                          _scratch(nb * rows * P, self.dtype),
+                          self._corr_pad)
             np.matmul(Wf, cols.reshape(nb, G, -1, P),
                       out=img[s].reshape(nb, G, -1, P))
 
