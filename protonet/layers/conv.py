@@ -26,7 +26,7 @@ from ..layer import Layer, register
 COL_BUFFER_BYTES = 4 << 20
 # Stride-1 col -> img runs as a correlation (im2col + GEMM) instead of GEMM +
 # col2im when its column matrix is at most this many times col2im's.
-CORR_MAX_RATIO = 1.5
+CORR_MAX_RATIO = 2.0
 
 _SCRATCH = threading.local()
 
