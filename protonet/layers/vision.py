@@ -11,7 +11,7 @@ this machine that is 3-10x faster than reducing a 6-D ``as_strided`` window
 view (whose innermost loop is only kw long) or copying the windows out for
 ``argmax``.  MAX keeps a window-local int8 argmax (branch-free updates, one
 strided pass per offset) and routes gradients with ``np.add.at`` on a flat
-index; all scratch is allocated in reshape.  Global pooling reduces the
+index; its scratch is made once per shape and reused.  Global pooling reduces the
 contiguous (N, C, H*W) array directly.
 """
 
@@ -81,7 +81,7 @@ class PoolingLayer(Layer):
     def setup(self, bottom, top):
         p = self.param.pooling_param
         self.pool = p.pool
-        self._argbuf = None
+        self._argkey = self._fwdbuf = self._bwdbuf = None
         if self.pool not in (_PP.MAX, _PP.AVE, _PP.STOCHASTIC):
             raise UnsupportedError(self, f"unknown pool method {self.pool}")
         if len(top) > 1 and self.pool != _PP.MAX:
@@ -171,37 +171,44 @@ class PoolingLayer(Layer):
         size_w = np.minimum(ws + kw, W + pw) - ws
         self._pool_size = np.outer(size_h, size_w).astype(self.dtype)
         self._idx = None
-        if self.pool != _PP.AVE and not self.global_pooling and (
-                self._argbuf is None or self._argbuf[0].shape != (N, C, PH, PW)
-                or self._argbuf[-1] != (H, W)):
-            self._argbuf = self._argmax_buffers(N, C, H, W)
+        if (N, C, H, W) != self._argkey:  # argmax scratch: made on first use
+            self._argkey, self._fwdbuf, self._bwdbuf = (N, C, H, W), None, None
 
     def release_buffers(self):
         """Drop the padded copies and argmax indices (the net's
         ``memory="inference"`` mode calls this after forward)."""
         self._xp = self._dxp = None
-        self._idx = self._idx_flat = self._win = self._argbuf = None
+        self._idx = self._idx_flat = self._win = None
+        self._argkey = self._fwdbuf = self._bwdbuf = None
 
     # -- helpers ---------------------------------------------------------------
-    def _argmax_buffers(self, N, C, H, W):
-        """Scratch reused by every MAX/STOCHASTIC forward and backward.
+    def _forward_buffers(self):
+        """(idx, changed, tmp, prev): the window-local argmax (int8 up to
+        11x11 kernels), a comparison mask, a product and the previous running
+        max.  Made on the first forward after a reshape, then reused (not in
+        reshape: a net's setup would hold every layer's at once)."""
+        if self._fwdbuf is None:
+            kh, kw = self.kernel
+            out = self._argkey[:2] + self.out_shape
+            small = np.int8 if kh * kw <= 127 else np.int32
+            self._fwdbuf = (np.empty(out, small), np.empty(out, bool),
+                            np.empty(out, small), np.empty(out, self.dtype))
+        return self._fwdbuf
 
-        Returns (idx, mask, tmp, prev, base, table, gidx, (H, W)): the
-        window-local argmax (int8 up to 11x11 kernels), a comparison mask,
-        the previous running max, and for backward the flat bottom index of
-        every window's first cell (``base``), of every window offset
-        (``table``) and their sum (``gidx``).
-        """
-        (kh, kw), out = self.kernel, (N, C) + self.out_shape
-        small = np.int8 if kh * kw <= 127 else np.int32
-        itype = np.intp  # measured: int32 indices cost 2x in add.at/take
-        base = (np.arange(N * C, dtype=itype).reshape(N, C, 1, 1) * (H * W)
-                + (self._hs[:, None] * W + self._ws).astype(itype))
-        table = (np.arange(kh)[:, None] * W + np.arange(kw)).astype(
-            itype).reshape(-1)
-        return (np.empty(out, small), np.empty(out, bool), np.empty(out, small),
-                np.empty(out, self.dtype), base, table, np.empty(out, itype),
-                (H, W))
+    def _backward_buffers(self):
+        """(base, table, gidx): flat bottom index of every window's first cell
+        and of every window offset, and room for their sum.  Made on the first
+        backward after a reshape, then reused."""
+        if self._bwdbuf is None:
+            N, C, H, W = self._argkey
+            kh, kw = self.kernel
+            itype = np.intp  # measured: int32 indices cost 2x in add.at/take
+            base = (np.arange(N * C, dtype=itype).reshape(N, C, 1, 1) * (H * W)
+                    + (self._hs[:, None] * W + self._ws).astype(itype))
+            table = (np.arange(kh)[:, None] * W + np.arange(kw)).astype(
+                itype).reshape(-1)
+            self._bwdbuf = (base, table, np.empty(base.shape, itype))
+        return self._bwdbuf
 
     def _padded(self, x):
         if self._direct:
@@ -232,7 +239,7 @@ class PoolingLayer(Layer):
         offsets self._idx).  np.add.at on a flat index: measured 4-8x faster
         than np.bincount (float64) and than per-offset masked adds, and it
         sums in output order in float32, as Caffe does."""
-        base, table, gidx = self._argbuf[4:7]
+        base, table, gidx = self._backward_buffers()
         np.take(table, self._idx, out=gidx, mode="clip")  # clip: no checks
         gidx += base
         dx[...] = 0
@@ -285,7 +292,7 @@ class PoolingLayer(Layer):
         # come in increasing order, so idx = max(idx, k * changed); all
         # branch-free (masked copies are 10x slower on random masks) and one
         # strided pass per offset.
-        idx, changed, tmp, prev = self._argbuf[:4]
+        idx, changed, tmp, prev = self._forward_buffers()
         offsets = self._offsets(self._padded(x))
         np.copyto(y, next(offsets)[1])
         idx[...] = 0
