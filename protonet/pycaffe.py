@@ -25,7 +25,10 @@ import time
 
 from . import caffelog
 from .errors import ProtonetError
+from .net import Net  # noqa: F401  (pycaffe's caffe.pycaffe.Net)
 from .proto import caffe_pb2
+from .solvers import (AdaDeltaSolver, AdaGradSolver, AdamSolver,  # noqa: F401
+                      NesterovSolver, RMSPropSolver, SGDSolver, get_solver)
 
 # pycaffe exposes the LayerParameter message type (Python layers get one).
 LayerParameter = caffe_pb2.LayerParameter
