@@ -11,6 +11,7 @@ import pytest
 
 import protonet
 from caffe_ref import ROOT
+from protonet.compat import fill_random
 from protonet.net import Net
 
 CORPUS = os.path.join(os.path.dirname(__file__), "fixtures", "corpus")
@@ -54,19 +55,13 @@ def _run(rel):
     param = protonet.io.read_net(os.path.join(CORPUS, rel))
     param.force_backward = True
     net = Net(param, phase=protonet.TEST)
-    gen = np.random.default_rng(0)
-    # Untrained BatchNorm statistics are zero (variance 0 -> x / sqrt(eps)),
-    # which overflows deep nets; give them unit variance as trained ones have.
-    for layer in net.layers:
-        if layer.type == "BatchNorm":
-            layer.blobs[1].data[...] = 1
-            layer.blobs[2].data[...] = 1
     for name in net.inputs:
         blob = net.blobs[name]
         blob.reshape((1,) + blob.shape[1:])
     net.reshape()
-    for name in net.inputs:
-        net.blobs[name].data[...] = gen.standard_normal(net.blobs[name].shape)
+    # N(0, 1) inputs; unit-variance BatchNorm statistics (see fill_random).
+    fill_random(net, {})
+    gen = np.random.default_rng(1)
     net.forward_from_to()
     for name in net.outputs:
         out = net.blobs[name]
