@@ -204,6 +204,8 @@ class Net:
         if stages:
             param.state.stage.extend(stages)
         self.dtype = np.dtype(dtype)
+        self._callbacks = {k: [] for k in ("before_forward", "after_forward",
+                                           "before_backward", "after_backward")}
         self.max_memory = max_memory
         if memory not in (None, "inference"):
             raise ProtonetError(f"memory must be None or 'inference', got "
@@ -539,10 +541,14 @@ class Net:
             layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
             if self._released:
                 self._restore(self.top_ids[i])
+            for callback in self._callbacks["before_forward"]:
+                callback(i)
             layer.reshape(bottom, top)
             layer.forward(bottom, top)
             if any(layer.loss_weights):
                 loss += layer.loss(top)
+            for callback in self._callbacks["after_forward"]:
+                callback(i)
             if release:
                 self._release(plan.get(i, ()))
                 drop = getattr(layer, "release_buffers", None)
@@ -604,10 +610,27 @@ class Net:
                            f"activations ({', '.join(names[:5])}...): run "
                            f"forward_from_to(release=False) first")
         for i in range(start, end - 1, -1):
+            for callback in self._callbacks["before_backward"]:
+                callback(i)
             if self.layer_need_backward[i]:
                 self.layers[i].backward(self.top_vecs[i],
                                         self.bottom_need_backward[i],
                                         self.bottom_vecs[i])
+            for callback in self._callbacks["after_backward"]:
+                callback(i)
+
+    # pycaffe's hooks (Net::before_forward_ ...): callables of the layer index.
+    def before_forward(self, callback):
+        self._callbacks["before_forward"].append(callback)
+
+    def after_forward(self, callback):
+        self._callbacks["after_forward"].append(callback)
+
+    def before_backward(self, callback):
+        self._callbacks["before_backward"].append(callback)
+
+    def after_backward(self, callback):
+        self._callbacks["after_backward"].append(callback)
 
     def forward_prefilled(self):
         return self.forward_from_to()

@@ -674,3 +674,38 @@ def test_coord_map_crop_helper_and_errors(tmp_path):
     n = coord_spec(pool=3)                     # 3x pool but 2x deconv
     with pytest.raises(ProtonetError, match="scale mismatch"):
         crop(n.deconv, n.data)
+
+
+def test_net_and_solver_callbacks(tmp_path):
+    """pycaffe's before/after_forward/backward and Solver.add_callback."""
+    net_file = tmp_path / "net.prototxt"
+    net_file.write_text(
+        'layer { name: "data" type: "DummyData" top: "data" top: "label" '
+        'dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 } '
+        'data_filler { type: "gaussian" } data_filler { type: "constant" '
+        'value: 1 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+        'inner_product_param { num_output: 2 '
+        'weight_filler { type: "xavier" } } }\n'
+        'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" '
+        'bottom: "label" top: "loss" }\n')
+    solver_file = tmp_path / "solver.prototxt"
+    solver_file.write_text(f'net: "{net_file}" base_lr: 0.1 lr_policy: '
+                           '"fixed" max_iter: 3 display: 0 snapshot: 0 '
+                           f'snapshot_prefix: "{tmp_path}/s" '
+                           'snapshot_after_train: false')
+    solver = caffe.get_solver(str(solver_file))
+    events = []
+    solver.net.before_forward(lambda i: events.append(("bf", i)))
+    solver.net.after_forward(lambda i: events.append(("af", i)))
+    solver.net.before_backward(lambda i: events.append(("bb", i)))
+    solver.net.after_backward(lambda i: events.append(("ab", i)))
+    solver.add_callback(lambda: events.append("start"),
+                        lambda: events.append("ready"))
+    solver.step(1)
+    n = len(solver.net.layers)
+    assert events[0] == "start" and events[-1] == "ready"
+    assert events[1:1 + 2 * n] == [e for i in range(n)
+                                   for e in (("bf", i), ("af", i))]
+    assert events[1 + 2 * n:-1] == [e for i in reversed(range(n))
+                                    for e in (("bb", i), ("ab", i))]

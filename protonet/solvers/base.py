@@ -88,6 +88,7 @@ class Solver:
         self._check_param()
         # Under `mpirun -n N` (N > 1): data-parallel training; else None.
         self.dp = parallel.data_parallel(self)
+        self.callbacks = []         # (on_start, on_gradients_ready) pairs
         caffelog.info("Initializing solver from parameters: \n"
                       + _io.format_text(self.param), "solver.cpp:44")
         # NOTE(caffe): the proto's default is GPU, but Caffe's tool only
@@ -257,6 +258,8 @@ class Solver:
                 if self.requested_early_exit:
                     break
             display = p.display and self.iter % p.display == 0
+            for on_start, _ in self.callbacks:
+                on_start()
             loss = f32(0)
             for _ in range(p.iter_size):
                 loss += self.forward_backward()
@@ -270,6 +273,8 @@ class Solver:
                               f"{caffelog.format_number(self.smoothed_loss)}",
                               "solver.cpp:218")
                 self._log_outputs(self.net, None, "Train", "solver.cpp:237")
+            for _, on_gradients_ready in self.callbacks:
+                on_gradients_ready()
             self.apply_update()
             self.iter += 1
             request = self._request() if self.dp is None else self.dp.request
@@ -353,6 +358,12 @@ class Solver:
         """Make `test_net`'s parameters views of the train net's, by layer
         name (Caffe's Net::ShareTrainedLayersWith)."""
         test_net.share_with(self.net)
+
+    def add_callback(self, on_start, on_gradients_ready):
+        """pycaffe's Solver.add_callback: `on_start()` runs before each
+        iteration's forward passes, `on_gradients_ready()` before the
+        update (Caffe's Solver::Callback)."""
+        self.callbacks.append((on_start, on_gradients_ready))
 
     def share_weights(self, net):
         """pycaffe's Solver.share_weights(net)."""
