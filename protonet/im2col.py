@@ -62,6 +62,16 @@ def _interior(buf, pad, in_shape):
                + tuple(slice(p, p + i) for p, i in zip(pad, in_shape))]
 
 
+def pad_into(x, pad, buf):
+    """Copy ``x`` (nb, C, *S) into the interior of ``buf[:nb]`` (whose border
+    is zero) and return that padded view; ``x`` itself when no pad."""
+    if not any(pad):
+        return x
+    xp = buf[:x.shape[0]]
+    _interior(xp, pad, x.shape[2:])[...] = x
+    return xp
+
+
 def im2col(x, kernel, stride, pad, dilation, out_shape, cols, pad_buf=None):
     """Write the columns of a batch into ``cols``.
 

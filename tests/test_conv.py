@@ -176,13 +176,20 @@ def test_param_diffs_accumulate(kind):
     np.testing.assert_allclose(bottom[0].diff, dx, rtol=1e-12)  # assigned
 
 
-def test_chunked_batch_matches_single_chunk(monkeypatch):
+@pytest.mark.parametrize("kind,extra,out", [
+    ("Convolution", "kernel_size: 3 pad: 1 group: 2", 7),
+    ("Convolution", "kernel_size: 3 stride: 2 pad: 1", 4),
+    ("Deconvolution", "kernel_size: 3 pad: 1 group: 2", 7),
+])
+def test_chunked_batch_matches_single_chunk(monkeypatch, kind, extra, out):
+    """One chunk for the whole batch equals one image per chunk split into
+    blocks of one output row (the budget-of-1-byte extreme)."""
     rng = np.random.default_rng(6)
     x = rng.standard_normal((5, 4, 7, 7)).astype(np.float32)
-    text = conv_text(num_output=6, extra="kernel_size: 3 pad: 1 group: 2")
-    dy = rng.standard_normal((5, 6, 7, 7)).astype(np.float32)
+    text = conv_text(kind, num_output=6, extra=extra)
+    dy = rng.standard_normal((5, 6, out, out)).astype(np.float32)
     results, params = [], None
-    for budget in (1 << 30, 1):  # whole batch vs one image per chunk
+    for budget in (1 << 30, 1):  # whole batch vs one image row per block
         monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", budget)
         layer, bottom, top = make_layer(text, [x], dtype=np.float32)
         if params is None:
@@ -193,6 +200,7 @@ def test_chunked_batch_matches_single_chunk(monkeypatch):
         top[0].diff[...] = dy
         layer.backward(top, [True], bottom)
         assert layer.chunk == (5 if budget > 1 else 1)
+        assert layer._rows == (layer.col_shape[0] if budget > 1 else 1)
         assert top[0].data.dtype == np.float32
         assert bottom[0].diff.dtype == np.float32
         results.append((top[0].data.copy(), bottom[0].diff.copy(),
