@@ -30,7 +30,8 @@ import numpy as np
 
 from . import io as _io
 from .errors import ProtonetError
-from .net import TEST, TRAIN, Net, filter_net
+from .net import TEST, TRAIN, Net
+from .netgraph import filter_net
 from .proto import caffe_pb2
 
 DATA_LAYER_TYPES = ("Data", "ImageData", "HDF5Data", "WindowData",

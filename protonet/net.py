@@ -1,6 +1,8 @@
 """Net: a directed acyclic graph of layers, built with Caffe's semantics.
 
-Mirrors: src/caffe/net.cpp and src/caffe/util/insert_splits.cpp.
+Mirrors: src/caffe/net.cpp.  The graph passes that run before any layer
+exists are in protonet/netgraph.py; pycaffe's Python-level API (keyword
+forward/backward, forward_all, name-keyed views) in protonet/net_api.py.
 
 Building a net (`Net.__init__`):
 1. filter layers by the net state (phase, level, stages) and their
@@ -25,115 +27,12 @@ from .blob import Blob
 from .errors import (LayerError, NetError, ProtonetError, ResourceError,
                      WeightsError)
 from .layer import create_layer
+from .net_api import PycaffeNetMixin
+from .netgraph import filter_net, insert_splits
 from .proto import caffe_pb2
 
 TRAIN = caffe_pb2.TRAIN
 TEST = caffe_pb2.TEST
-
-
-# ---------------------------------------------------------------------------
-# Graph rewriting passes (pure functions on NetParameter)
-
-
-def state_meets_rule(state, rule):
-    """Caffe's StateMeetsRule."""
-    if rule.HasField("phase") and rule.phase != state.phase:
-        return False
-    if rule.HasField("min_level") and state.level < rule.min_level:
-        return False
-    if rule.HasField("max_level") and state.level > rule.max_level:
-        return False
-    stages = set(state.stage)
-    if any(s not in stages for s in rule.stage):
-        return False
-    if any(s in stages for s in rule.not_stage):
-        return False
-    return True
-
-
-def filter_net(param):
-    """A copy of `param` holding only the layers its `state` includes."""
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(param)
-    del out.layer[:]
-    for layer in param.layer:
-        if layer.include and layer.exclude:
-            raise NetError(f"layer '{layer.name}': specify either include "
-                           "rules or exclude rules, not both")
-        included = not layer.include
-        if any(state_meets_rule(param.state, r) for r in layer.exclude):
-            included = False
-        if any(state_meets_rule(param.state, r) for r in layer.include):
-            included = True
-        if included:
-            out.layer.add().CopyFrom(layer)
-    return out
-
-
-def split_layer_name(layer_name, blob_name, blob_idx):
-    return f"{blob_name}_{layer_name}_{blob_idx}_split"
-
-
-def split_blob_name(layer_name, blob_name, blob_idx, split_idx):
-    return f"{blob_name}_{layer_name}_{blob_idx}_split_{split_idx}"
-
-
-def insert_splits(param):
-    """A copy of `param` with Split layers for every blob used more than once.
-
-    A top used as a loss (non-zero loss_weight) counts as one more use.
-    """
-    last_top = {}                       # blob name -> (layer idx, top idx)
-    source_of_bottom = {}               # (layer, bottom) -> (layer, top)
-    uses = collections.Counter()        # (layer, top) -> number of consumers
-    loss_weight_of = {}
-    for i, layer in enumerate(param.layer):
-        for j, name in enumerate(layer.bottom):
-            if name not in last_top:
-                raise NetError(f"layer '{layer.name}' ({layer.type}): unknown "
-                               f"bottom blob '{name}' (bottom {j}); no earlier "
-                               "layer produces it")
-            source_of_bottom[(i, j)] = last_top[name]
-            uses[last_top[name]] += 1
-        for j, name in enumerate(layer.top):
-            last_top[name] = (i, j)
-        for j in range(min(len(layer.loss_weight), len(layer.top))):
-            idx = last_top[layer.top[j]]
-            loss_weight_of[idx] = layer.loss_weight[j]
-            if layer.loss_weight[j]:
-                uses[idx] += 1
-    out = caffe_pb2.NetParameter()
-    out.CopyFrom(param)
-    del out.layer[:]
-    next_split = collections.Counter()
-    for i, layer in enumerate(param.layer):
-        lp = out.layer.add()
-        lp.CopyFrom(layer)
-        for j, name in enumerate(layer.bottom):
-            src = source_of_bottom[(i, j)]
-            if uses[src] > 1:
-                producer = param.layer[src[0]].name
-                lp.bottom[j] = split_blob_name(producer, name, src[1],
-                                               next_split[src])
-                next_split[src] += 1
-        for j, name in enumerate(layer.top):
-            n = uses[(i, j)]
-            if n > 1:
-                w = loss_weight_of.get((i, j), 0.0)
-                split = out.layer.add(name=split_layer_name(lp.name, name, j),
-                                      type="Split")
-                split.bottom.append(name)
-                for k in range(n):
-                    split.top.append(split_blob_name(lp.name, name, j, k))
-                    if w:
-                        split.loss_weight.append(w if k == 0 else 0.0)
-                if w:
-                    lp.ClearField("loss_weight")
-                    next_split[(i, j)] += 1
-    return out
-
-
-# ---------------------------------------------------------------------------
 
 
 def _load_param(model):
@@ -163,7 +62,7 @@ def _parse_net_args(args, weights, phase):
     return weights, phase
 
 
-class Net:
+class Net(PycaffeNetMixin):
     """A Caffe net: layers, blobs and parameters, forward and backward.
 
     Args:
@@ -473,30 +372,6 @@ class Net:
 
     # -- pycaffe-style properties -----------------------------------------
     @property
-    def layer_names(self):
-        return list(self._layer_names)
-
-    @property
-    def inputs(self):
-        return [self._blob_names[i] for i in self.input_ids]
-
-    @property
-    def outputs(self):
-        return list(self._output_names)
-
-    @property
-    def top_names(self):
-        return collections.OrderedDict(
-            (n, [self._blob_names[i] for i in ids])
-            for n, ids in zip(self._layer_names, self.top_ids))
-
-    @property
-    def bottom_names(self):
-        return collections.OrderedDict(
-            (n, [self._blob_names[i] for i in ids])
-            for n, ids in zip(self._layer_names, self.bottom_ids))
-
-    @property
     def blob_names(self):
         return list(self._blob_names)
 
@@ -632,141 +507,6 @@ class Net:
     def after_backward(self, callback):
         self._callbacks["after_backward"].append(callback)
 
-    def forward_prefilled(self):
-        return self.forward_from_to()
-
-    def forward(self, blobs=None, start=None, end=None, **kwargs):
-        """pycaffe's Net.forward: optional input arrays by name; returns a
-        dict of the output blobs (or `blobs`) after running start..end."""
-        blobs = list(blobs or [])
-        start_i = self.layer_index(start) if start is not None else 0
-        if end is not None:
-            end_i = self.layer_index(end)
-            outputs = set(self.top_names[end] + blobs)
-        else:
-            end_i = len(self.layers) - 1
-            outputs = set(self.outputs + blobs)
-        for name in blobs:
-            if name not in self.blobs:
-                raise NetError(f"forward(blobs=...): no blob named '{name}' "
-                               f"(blobs: {', '.join(self.blobs)})")
-        if kwargs:
-            unknown = sorted(set(kwargs) - set(self.inputs))
-            if unknown:
-                raise NetError(f"forward(): {', '.join(repr(u) for u in unknown)} "
-                               f"is not an input of the net (inputs: "
-                               f"{', '.join(self.inputs) or 'none'})")
-            for name, arr in kwargs.items():
-                self.set_input(name, arr)
-        self.forward_from_to(start_i, end_i, keep=outputs)
-        return {o: self.blobs[o].data for o in outputs}
-
-    def set_input(self, name, arr):
-        blob = self.blobs[name]
-        arr = np.asarray(arr)
-        if arr.shape != blob.shape:
-            if arr.ndim == blob.num_axes and arr.shape[1:] == blob.shape[1:]:
-                raise NetError(f"input '{name}': got batch of {arr.shape[0]} "
-                               f"but the blob holds {blob.shape[0]}; call "
-                               f"net.blobs['{name}'].reshape(...) and "
-                               "net.reshape() first")
-            raise NetError(f"input '{name}': expected shape {blob.shape}, "
-                           f"got {arr.shape}")
-        blob.data[...] = arr
-
-    def backward(self, diffs=None, start=None, end=None, **kwargs):
-        """pycaffe's Net.backward: optional top diffs by name; returns a dict
-        of the input diffs (or `diffs`)."""
-        diffs = list(diffs or [])
-        start_i = self.layer_index(start) if start is not None \
-            else len(self.layers) - 1
-        if end is not None:
-            end_i = self.layer_index(end)
-            outputs = set(self.bottom_names[end] + diffs)
-        else:
-            end_i = 0
-            outputs = set(self.inputs + diffs)
-        for name, arr in kwargs.items():
-            if name not in self.outputs:
-                raise NetError(f"backward(): '{name}' is not an output of the "
-                               f"net (outputs: {', '.join(self.outputs)})")
-            blob = self.blobs[name]
-            arr = np.asarray(arr)
-            if arr.shape != blob.shape:
-                raise NetError(f"backward(): diff for '{name}' must have shape "
-                               f"{blob.shape}, got {arr.shape}")
-            blob.diff[...] = arr
-        self.backward_from_to(start_i, end_i)
-        return {o: self.blobs[o].diff for o in outputs}
-
-    def forward_all(self, blobs=None, **kwargs):
-        """pycaffe's Net.forward_all: run inputs of any length through the
-        net in chunks of its batch size; returns {output: all items}.
-
-        The last chunk is padded with zeros and the padding dropped from the
-        outputs, as pycaffe does.
-        """
-        out, _ = self._run_all(blobs, None, kwargs, backward=False)
-        return out
-
-    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
-        """pycaffe's Net.forward_backward_all: `kwargs` hold inputs (by input
-        name) and output diffs (by output name); returns (outputs, diffs)."""
-        return self._run_all(blobs, diffs, kwargs, backward=True)
-
-    def _run_all(self, blobs, diffs, kwargs, backward):
-        blobs, diffs = list(blobs or []), list(diffs or [])
-        unknown = sorted(set(kwargs) - set(self.inputs) - set(self.outputs))
-        if unknown:
-            raise NetError(f"{', '.join(repr(u) for u in unknown)} is neither "
-                           f"an input ({', '.join(self.inputs)}) nor an output "
-                           f"({', '.join(self.outputs)}) of the net")
-        outs = list(dict.fromkeys(self.outputs + blobs))
-        douts = list(dict.fromkeys(self.inputs + diffs))
-        if not kwargs:
-            f = {k: v.copy() for k, v in self.forward(blobs=blobs).items()}
-            if not backward:
-                return f, None
-            return f, {k: v.copy() for k, v in self.backward(diffs=diffs).items()}
-        lengths = {len(v) for v in kwargs.values()}
-        if len(lengths) != 1:
-            raise NetError(f"inputs differ in length ({sorted(lengths)})")
-        total = lengths.pop()
-        batch = self.blobs[next(iter(kwargs))].shape[0]
-        got = {n: [] for n in outs}
-        dgot = {n: [] for n in douts}
-        for start in range(0, total, batch):
-            keep = min(batch, total - start)
-            chunk = {}
-            for name, arr in kwargs.items():
-                part = np.asarray(arr[start:start + batch])
-                if len(part) < batch:
-                    pad = np.zeros((batch - len(part),) + part.shape[1:],
-                                   part.dtype)
-                    part = np.concatenate([part, pad])
-                chunk[name] = part
-            f = self.forward(blobs=blobs, **{k: v for k, v in chunk.items()
-                                             if k in self.inputs})
-            for n in outs:
-                got[n].append(np.array(f[n][:keep]))
-            if backward:
-                d = self.backward(diffs=diffs, **{k: v for k, v in chunk.items()
-                                                  if k in self.outputs})
-                for n in douts:
-                    dgot[n].append(np.array(d[n][:keep]))
-        out = {n: np.concatenate(v) for n, v in got.items()}
-        if not backward:
-            return out, None
-        return out, {n: np.concatenate(v) for n, v in dgot.items()}
-
-    def set_input_arrays(self, data, labels, layer_index=0):
-        """pycaffe's Net.set_input_arrays for a MemoryData layer."""
-        layer = self.layers[layer_index]
-        if not hasattr(layer, "set_input_arrays"):
-            raise NetError(f"layer {layer_index} ('{layer.name}', {layer.type}) "
-                           "is not a MemoryData layer")
-        layer.set_input_arrays(data, labels)
-
     def reshape(self):
         """Propagate input shape changes through every layer."""
         for layer, bottom, top in zip(self.layers, self.bottom_vecs, self.top_vecs):
@@ -841,27 +581,6 @@ class Net:
         """Copy parameters by layer name from Caffe's HDF5 weights."""
         from .hdf5 import copy_from_hdf5
         copy_from_hdf5(self, str(path))
-
-    # pycaffe's low-level bindings (_caffe.cpp): layer indices, blob ids.
-    def _forward(self, start, end):
-        return self.forward_from_to(start, end)
-
-    def _backward(self, start, end):
-        self.backward_from_to(start, end)
-
-    @property
-    def _inputs(self):
-        return list(self.input_ids)
-
-    @property
-    def _outputs(self):
-        return [self._blob_names.index(n) for n in self._output_names]
-
-    def _bottom_ids(self, i):
-        return list(self.bottom_ids[i])
-
-    def _top_ids(self, i):
-        return list(self.top_ids[i])
 
     def to_proto(self, write_diff=False):
         """The net with its parameters, as Caffe's Net::ToProto."""

@@ -8,7 +8,8 @@ import protonet
 from protonet import io
 from protonet.errors import LayerError, NetError, WeightsError
 from protonet.layer import Layer, register
-from protonet.net import Net, filter_net, insert_splits
+from protonet.net import Net
+from protonet.netgraph import filter_net, insert_splits
 from protonet.proto import caffe_pb2
 
 
