@@ -136,3 +136,31 @@ def col2im(cols, kernel, stride, pad, dilation, out_shape, dx, pad_buf=None):
     if buf is not dx:
         dx[...] = _interior(buf, pad, dx.shape[2:])
     return dx
+
+
+def im2col_nhwc(x, kernel, stride, pad, dilation, out_shape, cols, pad_buf):
+    """Transposed columns, channels fastest: one row per output position.
+
+    ``cols[(n, *o), (*i, c)] = x_pad[n, c, o*stride - pad + i*dilation]``, a
+    (nb * prod(out_shape), prod(kernel) * C) matrix.  On small images with few
+    output channels ``cols @ W'`` is a better GEMM shape than ``W @ cols``
+    (CIFAR-10 conv2: 139 vs 113 GFLOP/s), and the copy reads runs of
+    kernel_w * C contiguous values from the channels-last padded input.
+
+    Args:
+        x: (nb, C, *S) input.
+        cols: output buffer with nb * C * prod(kernel) * prod(out_shape)
+            elements.
+        pad_buf: (>= nb, *(S + 2*pad), C) buffer whose border is zero.
+    """
+    nb, C = x.shape[:2]
+    xp = pad_buf[:nb]
+    xp[(slice(None),) + tuple(slice(p, p + i) for p, i in
+                              zip(pad, x.shape[2:]))] = np.moveaxis(x, 1, -1)
+    st = xp.strides
+    view = as_strided(
+        xp, (nb,) + tuple(out_shape) + tuple(kernel) + (C,),
+        (st[0],) + tuple(s * t for s, t in zip(stride, st[1:-1]))
+        + tuple(d * t for d, t in zip(dilation, st[1:-1])) + (st[-1],))
+    np.copyto(cols.reshape(view.shape), view)
+    return cols.reshape(nb * int(np.prod(out_shape)), -1)

@@ -350,3 +350,34 @@ def test_im2col_kernel_too_large():
     "deconv_stride_pad", "im2col"])
 def test_golden(case):
     run_case("layers", case)
+
+
+@pytest.mark.parametrize("shape,extra", [
+    ((3, 4, 7, 6), "kernel_size: 3 pad: 1"),
+    ((3, 4, 8, 7), "kernel_h: 5 kernel_w: 2 pad_h: 2 pad_w: 0 dilation: 2"),
+    ((2, 3, 9, 9), "kernel_size: 3 stride: 2 pad: 1"),
+    ((2, 2, 4, 5, 5), "kernel_size: 3 kernel_size: 2 kernel_size: 3 "
+     "pad: 1 pad: 0 pad: 2"),
+])
+def test_channels_last_path_matches_classic(monkeypatch, shape, extra):
+    """The channels-last columns (small images) give the same forward, input
+    gradient and accumulated weight gradient as the classic im2col path."""
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal(shape)
+    results = []
+    for min_channels, used in ((1 << 30, False), (1, True)):
+        monkeypatch.setattr(conv_module, "NHWC_MIN_CHANNELS", min_channels)
+        layer, bottom, top = make_layer(conv_text("Convolution", 5, extra), [x])
+        assert layer._nhwc is used
+        if not results:
+            params = [b.data.copy() for b in layer.blobs]
+        for blob, arr in zip(layer.blobs, params):
+            blob.data[...] = arr
+        layer.forward(bottom, top)
+        top[0].diff[...] = np.arange(top[0].count).reshape(top[0].shape) % 7
+        layer.backward(top, [True], bottom)
+        layer.backward(top, [True], bottom)  # weight diff accumulates
+        results.append((top[0].data.copy(), bottom[0].diff.copy(),
+                        layer.blobs[0].diff.copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
