@@ -37,10 +37,10 @@ CORR_MAX_RATIO = 2.0
 NHWC_MIN_CHANNELS = 16
 # Convolution forward by Winograd F(4x4, 3x3) (3x3, stride 1, no dilation,
 # no groups) when both channel counts and the number of 4x4 output tiles
-# reach these (measured: 1.3-2.6x the GEMM path on VGG-16's and GoogLeNet's
-# 3x3 layers; slower below 64 channels or on a few tiles).
+# reach these (measured: 1.2-2.6x the GEMM path on VGG-16's and GoogLeNet's
+# 3x3 layers, batch 1 included; slower below 64 channels or on 7x7 images).
 WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MIN_TILES = 64
+WINOGRAD_MIN_TILES = 16
 
 _SCRATCH = threading.local()
 
