@@ -491,7 +491,9 @@ class ConvolutionLayer(_BaseConvolutionLayer):
     """N-D convolution with groups, dilation and bias.
 
     ``top[n, o] = sum_{c in group(o), k} W[o, c, k] * x_pad[n, c, s*p + d*k]
-    + b[o]``, computed as im2col plus one GEMM per chunk of the batch.
+    + b[o]``, computed as im2col plus one GEMM per chunk of the batch (the
+    forward of 3x3, stride-1, group-1 layers with >= 64 channels by Winograd
+    F(4x4, 3x3), protonet/winograd.py).
     Gradients: ``dW += dy @ cols^T``, ``db += sum dy``,
     ``dx = col2im(W^T @ dy)``.
 
