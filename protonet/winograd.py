@@ -138,7 +138,7 @@ class Winograd3x3:
         """
         N, C, H, W = x.shape
         M, Ho, Wo = out.shape[1:]
-        m, a = self.m, self.alpha
+        m = self.m
         th, tw = -(-Ho // m), -(-Wo // m)
         U = self.transformed_weights(w)
         if th * tw <= TILES_PER_BLOCK:
@@ -150,7 +150,8 @@ class Winograd3x3:
         for n0 in range(0, N, nb):
             k = min(nb, N - n0)
             # Interior rewritten each chunk; the zero border is never touched.
-            xp[:, :k, ph:ph + H, pw:pw + W] = x[n0:n0 + k].transpose(1, 0, 2, 3)
+            xp[:, :k, ph:ph + H, pw:pw + W] = \
+                x[n0:n0 + k].transpose(1, 0, 2, 3)
             for r0 in range(0, th, rows):
                 r = min(rows, th - r0)
                 Y = self._tiles(U, xp[:, :k], r0, r, tw)  # (M, k, r*m, tw*m)
@@ -180,5 +181,6 @@ class Winograd3x3:
         Yt = self._buf("Yt", (m * m, M * T))
         np.matmul(self._out_map, Mt.reshape(a * a, M * T), out=Yt)
         Y = self._buf("Y", (M, nb, r, m, tw, m))
-        np.copyto(Y, Yt.reshape(m, m, M, nb, r, tw).transpose(2, 3, 4, 0, 5, 1))
+        np.copyto(Y, Yt.reshape(m, m, M, nb, r, tw).transpose(
+            2, 3, 4, 0, 5, 1))
         return Y.reshape(M, nb, r * m, tw * m)

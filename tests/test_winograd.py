@@ -124,7 +124,7 @@ def test_bad_tile_size():
         Winograd3x3(3, (1, 1), np.float32)
 
 
-# -- the Convolution layer's dispatch ------------------------------------------
+# -- the Convolution layer's dispatch -----------------------------------------
 def conv_text(num_output, extra=""):
     return (f'name: "c" type: "Convolution" bottom: "x" top: "y" '
             f'convolution_param {{ num_output: {num_output} {extra} '
