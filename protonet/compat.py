@@ -31,6 +31,7 @@ import numpy as np
 from . import io as _io
 from .errors import ProtonetError
 from .net import TEST, TRAIN, Net
+from .rng import set_random_seed
 from .netgraph import filter_net
 from .proto import caffe_pb2
 
@@ -277,7 +278,11 @@ def build(path, phase=TEST, shapes=None, batch_size=1, stages=()):
 
 
 def build_corpus(rel, phase=TEST):
-    """`build` for a corpus file with its CORPUS_SHAPES / CORPUS_STAGES."""
+    """`build` for a corpus file with its CORPUS_SHAPES / CORPUS_STAGES.
+
+    The fillers are seeded (protonet.rng, seed 0) so a file builds with the
+    same random weights whatever ran before it."""
+    set_random_seed(0)
     return build(os.path.join(CORPUS, rel), phase, CORPUS_SHAPES.get(rel),
                  batch_size=None if rel in KEEP_BATCH else 1,
                  stages=CORPUS_STAGES.get(rel, ()))
