@@ -147,8 +147,23 @@ def worker(job):
     x = rng.random(shape, dtype=np.float32)
     labels = rng.integers(0, 10, batch).astype(np.float32)
     if rt == "protonet":
-        net = Net(net_param(name, batch, train), weights=weights,
-                  memory=None if train else "inference")
+        if train:
+            # A training step is forward + backward + the SGD (momentum,
+            # weight decay) update, as the issue measures it.
+            from protonet import caffe_pb2, get_solver
+            sp = caffe_pb2.SolverParameter(
+                net_param=net_param(name, batch, train), base_lr=0.001,
+                lr_policy="fixed", momentum=0.9, weight_decay=5e-4,
+                max_iter=1 << 30, display=0, snapshot_after_train=False,
+                solver_mode=caffe_pb2.SolverParameter.CPU)
+            sp.net_param.state.phase = caffe_pb2.TRAIN
+            solver = get_solver(sp)
+            net = solver.net
+            if weights:
+                net.copy_from(weights)
+        else:
+            net = Net(net_param(name, batch, train), weights=weights,
+                      memory="inference")
         net.blobs["data"].data[...] = x
         if train:
             net.blobs["label"].data[...] = labels
@@ -157,6 +172,7 @@ def worker(job):
                 net.clear_param_diffs()
                 net.forward_from_to()
                 net.backward_from_to()
+                solver.apply_update()
         else:
             step = net.forward_from_to
     elif rt == "torch":
@@ -167,10 +183,13 @@ def worker(job):
         del src
         inputs = {"data": torch.from_numpy(x), "label": torch.from_numpy(labels)}
         if train:
+            opt = torch.optim.SGD(tnet.params, lr=0.001, momentum=0.9,
+                                  weight_decay=5e-4)
+
             def step():
-                for p in tnet.params:
-                    p.grad = None
+                opt.zero_grad(set_to_none=True)
                 tnet(inputs, train=True)[1].backward()
+                opt.step()
         else:
             def step():
                 with torch.inference_mode():
