@@ -15,14 +15,14 @@ See benchmarks/README.md for what each column means.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ZOO = os.path.join(os.path.dirname(HERE), "zoo")
@@ -62,13 +62,41 @@ def net_param(name, batch, train=False):
     return p
 
 
+def randomize(net, seed=0):
+    """He-normal weights, small biases, identity BatchNorm statistics and
+    Scale: activations of realistic size all through the net (the zoo's
+    deploy prototxts have no fillers, which would leave every weight 0)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        blobs = layer.blobs
+        if layer.type == "BatchNorm":
+            blobs[0].data[...] = 0
+            blobs[1].data[...] = 1
+            blobs[2].data[...] = 1
+            continue
+        if layer.type == "Scale":
+            blobs[0].data[...] = 1
+            if len(blobs) > 1:
+                blobs[1].data[...] = 0
+            continue
+        for b in blobs:
+            if b.num_axes >= 2:
+                fan_in = b.count // b.shape[0]
+                b.data[...] = rng.normal(0, np.sqrt(2 / fan_in), b.shape)
+            else:
+                b.data[...] = rng.normal(0, 0.01, b.shape)
+
+
 def prepare(name, workdir):
     """Save one set of random weights per net: a caffemodel written by
     protonet (protonet and OpenCV read it) and deploy prototxts per batch."""
     from protonet import Net, io as pio
     weights = os.path.join(workdir, f"{name}.caffemodel")
     if not os.path.exists(weights):
-        Net(net_param(name, 1)).save(weights)
+        net = Net(net_param(name, 1))
+        randomize(net)
+        net.save(weights)
     for b in NETS[name][1]:
         pio.write_text(os.path.join(workdir, f"{name}_b{b}.prototxt"),
                        net_param(name, b))
@@ -100,23 +128,21 @@ def _time(step, iters, budget):
     return best
 
 
-def set_threads(n):
-    """Use `n` threads in BLAS (threadpoolctl), torch and OpenCV; 0 = the
-    libraries' defaults (one per core)."""
+def set_threads(n, runtime="protonet"):
+    """Use `n` threads in BLAS (threadpoolctl) and in the runtime measured
+    (torch, OpenCV); 0 = the libraries' defaults (one per core).  A peer is
+    imported only in its own measurement, so it adds nothing to another
+    runtime's peak memory."""
     if not n:
         return
     from threadpoolctl import threadpool_limits
     threadpool_limits(n, user_api="blas")
-    try:
+    if runtime == "torch":
         import torch
         torch.set_num_threads(n)
-    except ImportError:
-        pass
-    try:
+    elif runtime == "opencv":
         import cv2
         cv2.setNumThreads(n)
-    except ImportError:
-        pass
 
 
 def peak_rss_mib():
@@ -136,8 +162,8 @@ def peak_rss_mib():
 
 def worker(job):
     import numpy as np
-    set_threads(job["threads"])
     name, mode, batch, rt = job["net"], job["mode"], job["batch"], job["runtime"]
+    set_threads(job["threads"], rt)
     weights = job["weights"]
     rng = np.random.default_rng(0)
     train = mode == "train"
@@ -212,84 +238,34 @@ def worker(job):
 
 
 # ---------------------------------------------------------------------------
-# Per-layer profile of protonet vs the machine's sgemm on the same shapes
-
-
-def _gemm_shapes(layer, bottom, top):
-    """(M, K, N, count) of the forward GEMMs of a Convolution/InnerProduct
-    (the whole batch as one GEMM per group), or None."""
-    if layer.type == "Convolution":
-        import numpy as np
-        g = layer.group
-        K = layer.channels // g * int(np.prod(layer.kernel))
-        N = top[0].count // top[0].shape[1] if top[0].num_axes else 1
-        return layer.num_output // g, K, N, g
-    if layer.type == "InnerProduct":
-        return layer.blobs[0].shape[0], layer.blobs[0].shape[1], \
-            bottom[0].shape[0], 1
-    return None
-
-
-def _sgemm_gflops(M, K, N, count, reps=5):
-    import numpy as np
-    a = np.random.rand(M, K).astype(np.float32)
-    b = np.random.rand(K, N).astype(np.float32)
-    c = np.empty((M, N), np.float32)
-    best = float("inf")
-    np.matmul(a, b, out=c)
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(count):
-            np.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * M * K * N * count / best / 1e9
+# Per-layer profiles and the memory check (protonet only)
 
 
 def layer_worker(job):
-    """Forward (and backward for training) time of every layer, best of
-    `reps`, with FLOPs of the GEMM layers and the same-shape sgemm rate."""
+    """Forward (and backward for training) time of every layer (or of the
+    convolutions only), with the same-shape sgemm reference."""
     import numpy as np
     from protonet import Net
+    import layer_profile
     set_threads(job["threads"])
     name, batch, train = job["net"], job["batch"], job["mode"] == "train"
     net = Net(net_param(name, batch, train), weights=job["weights"])
     net.blobs["data"].data[...] = np.random.rand(*net.blobs["data"].shape)
     if train:
         net.blobs["label"].data[...] = np.random.randint(0, 10, batch)
-    n = len(net.layers)
-    fwd, bwd = [float("inf")] * n, [float("inf")] * n
-    for _ in range(job["reps"]):
-        for i in range(n):
-            b, t, layer = net.bottom_vecs[i], net.top_vecs[i], net.layers[i]
-            t0 = time.perf_counter()
-            layer.reshape(b, t)
-            layer.forward(b, t)
-            fwd[i] = min(fwd[i], time.perf_counter() - t0)
-        if train:
-            for i in reversed(range(n)):
-                if net.layer_need_backward[i]:
-                    t0 = time.perf_counter()
-                    net.layers[i].backward(net.top_vecs[i],
-                                           net.bottom_need_backward[i],
-                                           net.bottom_vecs[i])
-                    bwd[i] = min(bwd[i], time.perf_counter() - t0)
-    rows = []
-    for i, layer in enumerate(net.layers):
-        shapes = _gemm_shapes(layer, net.bottom_vecs[i], net.top_vecs[i])
-        row = {"layer": net.layer_names[i], "type": layer.type,
-               "fwd_ms": fwd[i] * 1e3,
-               "bwd_ms": bwd[i] * 1e3 if bwd[i] < float("inf") else None}
-        if shapes:
-            M, K, N, g = shapes
-            flops = 2.0 * M * K * N * g
-            row.update(gemm=f"{M}x{K}x{N}" + (f" x{g}" if g > 1 else ""),
-                       fwd_gflops=flops / fwd[i] / 1e9,
-                       bwd_gflops=2 * flops / bwd[i] / 1e9
-                       if row["bwd_ms"] else None,
-                       sgemm_gflops=_sgemm_gflops(M, K, N, g))
-        rows.append(row)
-    return {"rows": rows, "peak_gflops": _sgemm_gflops(2048, 2048, 2048, 1, 3),
+    only = ("Convolution",) if job.get("convs") else None
+    rows = layer_profile.layer_rows(net, train, job["reps"], only)
+    return {"rows": rows, "peak_gflops": layer_profile.peak_gflops(),
             "blas": blas_info()}
+
+
+def memory_job(job):
+    import memory
+    set_threads(job["threads"])
+    res = memory.memory_worker(net_param(job["net"], job["batch"]),
+                               job["weights"])
+    res["blas"] = blas_info()
+    return res
 
 
 # ---------------------------------------------------------------------------
@@ -315,21 +291,42 @@ def _available(rt):
         return False
 
 
-def _fmt(v, spec=".1f"):
-    return "-" if v is None else format(v, spec)
+def _specs(values, default_mode=None):
+    """Parse net:mode[:batch] (or net:batch with `default_mode`)."""
+    out = []
+    for spec in values:
+        parts = spec.split(":")
+        if default_mode:
+            parts.insert(1, default_mode)
+        n, mode = parts[0], parts[1]
+        if n not in NETS or mode not in ("infer", "train"):
+            raise SystemExit(f"bad profile spec {spec!r}: want net:"
+                             f"{'batch' if default_mode else 'mode[:batch]'}"
+                             f" with net in {sorted(NETS)}")
+        batch = int(parts[2]) if len(parts) > 2 else (
+            NETS[n][2][0] if mode == "train" else NETS[n][1][0])
+        out.append((n, mode, batch))
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="one round, few iterations (minutes, not an hour)")
-    ap.add_argument("--nets", nargs="+", choices=sorted(NETS),
+    ap.add_argument("--nets", nargs="*", choices=sorted(NETS),
                     default=list(NETS))
     ap.add_argument("--runtimes", nargs="+", choices=RUNTIMES,
                     default=list(RUNTIMES))
     ap.add_argument("--layers", nargs="*", default=["cifar10_quick:train",
                                                     "caffenet:infer"],
-                    help="per-layer profiles, as net:mode")
+                    help="per-layer profiles, as net:mode[:batch]")
+    ap.add_argument("--convs", nargs="*", default=["caffenet:16", "vgg16:16",
+                                                   "resnet50:16"],
+                    help="convolution forward/backward against sgemm on "
+                    "the same shapes, as net:batch (a training step)")
+    ap.add_argument("--memory", nargs="*", default=["vgg16:1"],
+                    help="inference peak memory against the issue's bound, "
+                    "as net:batch")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--threads", type=int, default=0,
                     help="threads for every runtime (BLAS, torch, OpenCV); "
@@ -342,7 +339,9 @@ def main(argv=None):
     if a.worker:
         job = json.loads(a.worker)
         sys.path.insert(0, HERE)
-        res = layer_worker(job) if job.get("layers") else worker(job)
+        kind = job.get("kind", "net")
+        res = {"net": worker, "layers": layer_worker,
+               "memory": memory_job}[kind](job)
         print(json.dumps(res))
         return 0
 
@@ -353,8 +352,13 @@ def main(argv=None):
         for k in DROP_ENV:
             env.pop(k, None)
     runtimes = [r for r in a.runtimes if _available(r)]
+    layer_specs = _specs(a.layers)
+    conv_specs = _specs(a.convs, "train")
+    memory_specs = _specs(a.memory, "infer")
     workdir = tempfile.mkdtemp(prefix="protonet-bench-")
-    weights = {n: prepare(n, workdir) for n in a.nets}
+    needed = dict.fromkeys(list(a.nets) + [s[0] for s in layer_specs
+                                           + conv_specs + memory_specs])
+    weights = {n: prepare(n, workdir) for n in needed}
     jobs = [(n, "infer", b) for n in a.nets for b in NETS[n][1]] + \
         [(n, "train", b) for n in a.nets for b in NETS[n][2]]
     results = {}
@@ -377,91 +381,34 @@ def main(argv=None):
                                      f"{res['peak_mib']:7.0f} MiB"
                                      if "img_s" in res else res["error"]),
                       flush=True)
-    profiles = []
-    for spec in a.layers:
-        n, mode = spec.split(":")
-        if n not in weights:
-            continue
-        b = NETS[n][2][0] if mode == "train" else NETS[n][1][0]
-        res = _run_job(dict(net=n, mode=mode, batch=b, layers=True,
-                            reps=2 if a.quick else 4, weights=weights[n],
+    reps = 2 if a.quick else 4
+    profiles, convs, memories = [], [], []
+    for specs, out, extra in ((layer_specs, profiles, {}),
+                              (conv_specs, convs, {"convs": True})):
+        for n, mode, b in specs:
+            res = _run_job(dict(kind="layers", net=n, mode=mode, batch=b,
+                                reps=reps, weights=weights[n],
+                                threads=a.threads, **extra), env)
+            print(f"profile {n} {mode} b{b}: "
+                  f"{res.get('error', 'done')}", flush=True)
+            out.append((n, mode, b, res))
+    for n, _, b in memory_specs:
+        res = _run_job(dict(kind="memory", net=n, batch=b, weights=weights[n],
                             threads=a.threads), env)
-        profiles.append((n, mode, b, res))
-    blas = next((v["blas"] for v in results.values() if "blas" in v), "?")
-    write_report(a, results, profiles, runtimes, blas, rounds)
-    return 0
-
-
-def write_report(a, results, profiles, runtimes, blas, rounds):
-    import numpy as np
-    try:
-        import torch
-        tv = f"torch {torch.__version__}"
-    except ImportError:
-        tv = "torch not installed"
-    try:
-        import cv2
-        cvv = f"OpenCV {cv2.__version__}"
-    except ImportError:
-        cvv = "OpenCV not installed"
-    lines = [
-        "# protonet benchmark results", "",
-        f"- date: {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"{platform.platform()}; load average at the end "
-        f"{os.getloadavg()[0]:.1f}",
-        f"- BLAS (numpy {np.__version__}): {blas}",
-        f"- peers: {tv}; {cvv}",
-        f"- threads: {a.threads or 'library defaults'} for every runtime",
-        f"- mode: {'quick' if a.quick else 'full'}, {rounds} round(s), best "
-        f"time kept; OPENBLAS_CORETYPE/L2_SIZE "
-        f"{'kept' if a.keep_openblas_env else 'unset for the runs'}",
-        "", "## Whole nets (images/s, higher is better; peak RSS in MiB)", "",
-        "| net | mode | batch | " + " | ".join(
-            f"{r} img/s | {r} MiB" for r in runtimes) +
-        " | protonet / " + " | protonet / ".join(runtimes[1:]) + " |",
-        "|" + "---|" * (3 + 2 * len(runtimes) + len(runtimes) - 1)]
-    for (n, mode, b) in sorted({k[:3] for k in results},
-                               key=lambda k: (list(NETS).index(k[0]),
-                                              k[1], -k[2])):
-        cells = []
-        ips = {}
-        for rt in runtimes:
-            r = results.get((n, mode, b, rt), {})
-            ips[rt] = r.get("img_s")
-            cells += [_fmt(r.get("img_s")) if "error" not in r else "error",
-                      _fmt(r.get("peak_mib"), ".0f")]
-        ratios = [_fmt(ips["protonet"] / ips[rt], ".2f")
-                  if ips.get("protonet") and ips.get(rt) else "-"
-                  for rt in runtimes[1:]]
-        lines.append(f"| {n} | {mode} | {b} | " + " | ".join(cells + ratios)
-                     + " |")
-    for n, mode, b, res in profiles:
-        if "rows" not in res:
-            lines += ["", f"Per-layer profile {n} {mode}: {res.get('error')}"]
-            continue
-        peak = res["peak_gflops"]
-        lines += ["", f"## Per-layer: {n}, {mode}, batch {b}", "",
-                  f"sgemm peak measured in the same run (2048^3): "
-                  f"{peak:.0f} GFLOP/s", "",
-                  "| layer | type | fwd ms | bwd ms | GEMM MxKxN | fwd GFLOP/s"
-                  " | bwd GFLOP/s | same-shape sgemm GFLOP/s | fwd / sgemm |"
-                  " fwd / peak |", "|" + "---|" * 10]
-        for r in res["rows"]:
-            if r["fwd_ms"] < 0.05 and not r.get("bwd_ms"):
-                continue
-            s = r.get("sgemm_gflops")
-            f = r.get("fwd_gflops")
-            lines.append(
-                f"| {r['layer']} | {r['type']} | {r['fwd_ms']:.2f} | "
-                f"{_fmt(r['bwd_ms'], '.2f')} | {r.get('gemm', '')} | "
-                f"{_fmt(f)} | {_fmt(r.get('bwd_gflops'))} | {_fmt(s)} | "
-                f"{_fmt(f / s if f and s else None, '.2f')} | "
-                f"{_fmt(f / peak if f else None, '.2f')} |")
-    text = "\n".join(lines) + "\n"
+        print(f"memory {n} b{b}: " + (f"{res['peak_mib']:.0f} MiB, "
+                                      f"{res['ratio']:.2f} of the bound"
+                                      if "ratio" in res else res["error"]),
+              flush=True)
+        memories.append((n, b, res))
+    blas = next((v["blas"] for v in results.values() if "blas" in v),
+                None) or next((r["blas"] for *_, r in profiles + convs
+                               if "blas" in r), "?")
+    text = report.render(a, rounds, runtimes, blas, results, profiles, convs,
+                         memories, NETS)
     with open(a.out, "w") as fh:
         fh.write(text)
     print(text)
+    return 0
 
 
 if __name__ == "__main__":
