@@ -30,8 +30,12 @@ Accuracy (float32, relative to max|out|, 512 input channels): F(2x2) about
 tolerance (atol 1e-5 of max|out|, rtol 1e-4); see tests/test_winograd.py.
 """
 
+from functools import partial
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
+
+from . import threads
 
 # Transform matrices (B^T, G, A^T) per output tile size m.
 _MATRICES = {
@@ -107,12 +111,12 @@ class Winograd3x3:
     def __repr__(self):
         return f"Winograd3x3(F({self.m}x{self.m}, 3x3), pad={self.pad})"
 
-    def _buf(self, name, shape, zero=False):
+    def _buf(self, name, worker, shape, zero=False):
         # Keyed by shape too: a last, smaller block keeps its own buffers.
-        buf = self._bufs.get((name, shape))
+        buf = self._bufs.get((name, worker, shape))
         if buf is None:
-            buf = self._bufs[name, shape] = (np.zeros if zero else np.empty)(
-                shape, self.dtype)
+            buf = self._bufs[name, worker, shape] = (
+                np.zeros if zero else np.empty)(shape, self.dtype)
         return buf
 
     def transformed_weights(self, w):
@@ -128,13 +132,16 @@ class Winograd3x3:
         self._w_seen = w.copy()
         return self._U
 
-    def forward(self, x, w, out):
+    def forward(self, x, w, out, parallel=True):
         """out = conv(x, w) (no bias).
 
         Args:
             x: (N, C, H, W) input.
             w: (M, C, 3, 3) weights.
             out: (N, M, Ho, Wo) output, Ho = H + 2*pad_h - 2 (assigned).
+            parallel: spread the blocks over threads (protonet/threads.py):
+                chunk by chunk of images, or, for one chunk, band by band of
+                tile rows of a padded copy made once.
         """
         N, C, H, W = x.shape
         M, Ho, Wo = out.shape[1:]
@@ -146,20 +153,35 @@ class Winograd3x3:
         else:
             nb, rows = 1, max(1, TILES_PER_BLOCK // tw)
         ph, pw = self.pad
-        xp = self._buf("pad", (C, nb, th * m + 2, tw * m + 2), zero=True)
-        for n0 in range(0, N, nb):
-            k = min(nb, N - n0)
-            # Interior rewritten each chunk; the zero border is never touched.
-            xp[:, :k, ph:ph + H, pw:pw + W] = \
-                x[n0:n0 + k].transpose(1, 0, 2, 3)
-            for r0 in range(0, th, rows):
-                r = min(rows, th - r0)
-                Y = self._tiles(U, xp[:, :k], r0, r, tw)  # (M, k, r*m, tw*m)
-                h = min(r * m, Ho - r0 * m)
-                out[n0:n0 + k, :, r0 * m:r0 * m + h] = \
-                    Y[:, :, :h, :Wo].transpose(1, 0, 2, 3)
+        chunks = [slice(n0, min(n0 + nb, N)) for n0 in range(0, N, nb)]
+        starts = range(0, th, rows)
 
-    def _tiles(self, U, xp, r0, r, tw):
+        def padded(s, worker):
+            # Interior rewritten each chunk; the zero border is never touched.
+            xp = self._buf("pad", worker, (C, nb, th * m + 2, tw * m + 2),
+                           zero=True)[:, :s.stop - s.start]
+            xp[:, :, ph:ph + H, pw:pw + W] = x[s].transpose(1, 0, 2, 3)
+            return xp
+
+        def band(s, xp, r0, worker):
+            r = min(rows, th - r0)
+            Y = self._tiles(U, xp, r0, r, tw, worker)  # (M, k, r*m, tw*m)
+            h = min(r * m, Ho - r0 * m)
+            out[s, :, r0 * m:r0 * m + h] = Y[:, :, :h, :Wo].transpose(
+                1, 0, 2, 3)
+
+        if len(chunks) > 1 or len(starts) == 1:
+            def task(s, worker):
+                xp = padded(s, worker)
+                for r0 in starts:
+                    band(s, xp, r0, worker)
+            threads.run([partial(task, s) for s in chunks], parallel)
+        else:
+            xp = padded(chunks[0], 0)
+            threads.run([partial(band, chunks[0], xp, r0) for r0 in starts],
+                        parallel)
+
+    def _tiles(self, U, xp, r0, r, tw, worker):
         """Output of tile rows r0 .. r0+r-1 of a padded chunk, as
         (M, nb, r*m, tw*m)."""
         m, a = self.m, self.alpha
@@ -171,16 +193,16 @@ class Winograd3x3:
         s = xp.strides
         tiles = as_strided(xp[:, :, r0 * m:], (a, a, C, nb, r, tw),
                            (s[2], s[3], s[0], s[1], m * s[2], m * s[3]))
-        D = self._buf("D", (a * a, C * T))
+        D = self._buf("D", worker, (a * a, C * T))
         np.copyto(D.reshape(tiles.shape), tiles)
-        V = self._buf("V", (a * a, C, T))
+        V = self._buf("V", worker, (a * a, C, T))
         np.matmul(self._in_map, D, out=V.reshape(a * a, C * T))
-        Mt = self._buf("M", (a * a, M, T))
+        Mt = self._buf("M", worker, (a * a, M, T))
         np.matmul(U, V, out=Mt)
         # Y = (A^T x A^T) @ M, then one copy interleaves the tile positions.
-        Yt = self._buf("Yt", (m * m, M * T))
+        Yt = self._buf("Yt", worker, (m * m, M * T))
         np.matmul(self._out_map, Mt.reshape(a * a, M * T), out=Yt)
-        Y = self._buf("Y", (M, nb, r, m, tw, m))
+        Y = self._buf("Y", worker, (M, nb, r, m, tw, m))
         np.copyto(Y, Yt.reshape(m, m, M, nb, r, tw).transpose(
             2, 3, 4, 0, 5, 1))
         return Y.reshape(M, nb, r * m, tw * m)

@@ -8,6 +8,7 @@ import pytest
 
 from caffe_ref import run_case
 from protonet.errors import LayerError
+from protonet import winograd
 from protonet.layers import conv as conv_module
 from protonet.testing import check_gradient, make_layer
 
@@ -381,3 +382,69 @@ def test_channels_last_path_matches_classic(monkeypatch, shape, extra):
                         layer.blobs[0].diff.copy()))
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind,shape,extra", [
+    ("Convolution", (3, 4, 7, 6), "kernel_size: 3 pad: 1 group: 2"),  # corr
+    ("Convolution", (3, 3, 9, 9), "kernel_size: 3 stride: 2 pad: 1"),  # col2im
+    ("Convolution", (3, 4, 5, 5), "kernel_size: 1"),  # 1x1
+    ("Convolution", (2, 2, 4, 5, 5), "kernel_size: 3 kernel_size: 2 "
+     "kernel_size: 3 pad: 1 pad: 0 pad: 2"),  # 3-D
+    ("Convolution", (3, 16, 6, 6), "kernel_size: 3 pad: 1 dilation: 1"),
+    ("Deconvolution", (3, 4, 5, 5), "kernel_size: 3 stride: 2 pad: 1"),
+])
+@pytest.mark.parametrize("batch,budget", [(3, 1), (1, 1), (3, 1 << 30)])
+def test_threaded_paths_match_serial(monkeypatch, kind, shape, extra, batch,
+                                     budget):
+    """Work spread over two threads (chunk by chunk, or row block by row
+    block of one image) gives the serial forward, input gradient and
+    accumulated weight gradient."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((batch,) + shape[1:])
+    monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", budget)
+    results = []
+    for threads_, min_bytes, nhwc in (("1", 1 << 60, 1 << 30), ("2", 0, 1),
+                                      ("2", 0, 1 << 30)):
+        monkeypatch.setenv("PROTONET_THREADS", threads_)
+        monkeypatch.setattr(conv_module, "PARALLEL_MIN_BYTES", min_bytes)
+        monkeypatch.setattr(conv_module, "NHWC_MIN_CHANNELS", nhwc)
+        layer, bottom, top = make_layer(conv_text(kind, 4, extra), [x])
+        assert layer._parallel is (min_bytes == 0 and not layer.is_1x1)
+        if not results:
+            params = [b.data.copy() for b in layer.blobs]
+        for blob, arr in zip(layer.blobs, params):
+            blob.data[...] = arr
+        layer.forward(bottom, top)
+        top[0].diff[...] = np.arange(top[0].count).reshape(top[0].shape) % 5
+        layer.backward(top, [True], bottom)
+        layer.backward(top, [True], bottom)  # weight diff accumulates
+        results.append((top[0].data.copy(), bottom[0].diff.copy(),
+                        layer.blobs[0].diff.copy()))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_threaded_winograd_matches_serial(monkeypatch):
+    """Winograd forward over two threads: by chunks of images, and by bands
+    of tile rows of one image."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 64, 16, 16)).astype(np.float32)
+    outs = []
+    for threads_, min_bytes, batch in (("1", 1 << 60, 3), ("2", 0, 3),
+                                       ("2", 0, 1)):
+        monkeypatch.setenv("PROTONET_THREADS", threads_)
+        monkeypatch.setattr(conv_module, "PARALLEL_MIN_BYTES", min_bytes)
+        monkeypatch.setattr(winograd, "TILES_PER_BLOCK", 3)  # bands of rows
+        layer, bottom, top = make_layer(
+            conv_text("Convolution", 64, "kernel_size: 3 pad: 1"),
+            [x[:batch]], dtype=np.float32)
+        assert layer._use_wino
+        if not outs:
+            params = [b.data.copy() for b in layer.blobs]
+        for blob, arr in zip(layer.blobs, params):
+            blob.data[...] = arr
+        layer.forward(bottom, top)
+        outs.append(top[0].data.copy())
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(outs[2], outs[0][:1], rtol=1e-6, atol=1e-6)

@@ -16,9 +16,11 @@ products with the roles of forward and backward exchanged.  The forward of
 """
 
 import threading
+from functools import partial
 
 import numpy as np
 
+from .. import threads
 from ..errors import LayerError
 from ..im2col import (col2im, conv_out_shape, deconv_out_shape, im2col,
                       im2col_nhwc, pad_into)
@@ -40,6 +42,11 @@ NHWC_MIN_CHANNELS = 16
 # reach these (measured: 1.2-2.6x the GEMM path on VGG-16's and GoogLeNet's
 # 3x3 layers, batch 1 included; slower below 64 channels or on 7x7 images).
 WINOGRAD_MIN_CHANNELS = 64
+# Per-image column bytes from which the batch's chunks (or an image's row
+# blocks) are spread over threads, each with single-threaded BLAS
+# (measured, 2 cores: CaffeNet training step 1150 -> 890 ms; CIFAR-10
+# quick, 0.2-0.8 MB per image, was 1.35x slower that way).
+PARALLEL_MIN_BYTES = 1 << 20
 WINOGRAD_MIN_TILES = 16
 
 _SCRATCH = threading.local()
@@ -229,10 +236,13 @@ class _BaseConvolutionLayer(Layer):
         # output rows (first spatial axis), so the columns stay in cache
         # between im2col and the GEMM (VGG-16 conv1_2: 128 -> 91 ms).
         self._rows = self._block_rows(K, self.col_shape)
-        self._padded = (self.chunk, self.img_channels) + tuple(
-            i + 2 * q for i, q in zip(self.img_shape, self.pad))
-        self._pad_in = self._pad_acc = None
-        self._corr_pad = None
+        # Large images: the work is split over threads (protonet/threads.py),
+        # each running im2col and single-threaded GEMMs on its own chunks or
+        # row blocks.  Small ones, and 1x1 convolutions (GEMMs alone, which
+        # BLAS spreads better: ResNet-50 res2b_branch2a 7.8 vs 14 ms), keep
+        # one thread and multi-threaded BLAS.
+        self._parallel = not self.is_1x1 and per_image >= PARALLEL_MIN_BYTES
+        self._bufs = {}
         # col -> img by correlation with the flipped kernel (stride 1 only):
         # pad the col side by extent-1-pad and im2col it; no col2im adds.
         # Worth it when its column matrix is not much larger than col2im's.
@@ -250,7 +260,6 @@ class _BaseConvolutionLayer(Layer):
         self._nhwc = (not self.reverse and not self.is_1x1 and self.group == 1
                       and self.chunk > 1
                       and self.img_channels >= NHWC_MIN_CHANNELS)
-        self._nhwc_bufs = {}
         self._use_wino = self._wino is not None and self.num * int(np.prod(
             [-(-o // 4) for o in self.col_shape])) >= WINOGRAD_MIN_TILES
 
@@ -265,19 +274,36 @@ class _BaseConvolutionLayer(Layer):
     def release_buffers(self):
         """Drop the column and padding buffers until the next reshape (the
         net's ``memory="inference"`` mode calls this after forward)."""
-        self._pad_in = self._pad_acc = self._corr_pad = None
-        self._nhwc_bufs = {}
+        self._bufs = {}
         if self._wino is not None:
             self._wino.release()
         self._shape = None
 
-    def _pad_buffer(self, which):
-        # Two buffers: im2col relies on a zero border, col2im scribbles on it.
-        if not any(self.pad):
-            return None
-        if getattr(self, which) is None:
-            setattr(self, which, np.zeros(self._padded, self.dtype))
-        return getattr(self, which)
+    def _run(self, tasks):
+        return threads.run(tasks, self._parallel)
+
+    def _buf(self, name, worker, shape, zero=False):
+        """This layer's scratch array `name` for one worker thread (see
+        protonet/threads.py); zero-filled when made, when `zero`: padding
+        buffers keep their zero border, only interiors are rewritten."""
+        buf = self._bufs.get((name, worker))
+        if buf is None or buf.shape != shape:
+            buf = self._bufs[name, worker] = (np.zeros if zero else np.empty)(
+                shape, self.dtype)
+        return buf
+
+    def _accumulators(self, shape):
+        """Per-worker partial sums, made (and zeroed) on a worker's first
+        use: ``get(worker)``, then ``total()`` (the dict of them)."""
+        parts = {}
+
+        def get(worker):
+            acc = parts.get(worker)
+            if acc is None:
+                acc = parts[worker] = self._buf("acc", worker, shape)
+                acc[...] = 0
+            return acc
+        return get, parts
 
     # -- views ---------------------------------------------------------------
     def _img(self, arr):
@@ -292,37 +318,56 @@ class _BaseConvolutionLayer(Layer):
         return arr.reshape(self.group, self.col_channels // self.group, -1)
 
     def _chunks(self):
-        for b0 in range(0, self.num, self.chunk):
-            yield slice(b0, min(b0 + self.chunk, self.num))
+        return [slice(b0, min(b0 + self.chunk, self.num))
+                for b0 in range(0, self.num, self.chunk)]
 
-    def _col_blocks(self, img, rows):
-        """Columns of an image chunk, block by block of output rows.
+    def _parts(self):
+        """Slices of the batch, one per worker (for work without columns)."""
+        return threads.split(self.num, threads.workers()
+                             if self._parallel else 1)
 
-        Yields ``(cols, flat)``: (nb, G, Kg, n) columns of the output
-        positions ``flat`` (a slice of the flattened output).  1x1
-        convolutions yield one view of the input.  The image is padded once;
-        each block is an im2col of a slab of the padded image.
+    def _for_blocks(self, x, kernel, stride, pad, out_shape, rows, pad_name,
+                    fn):
+        """Call ``fn(s, cols, flat, worker)`` for every chunk ``s`` of the
+        batch and block of output rows: ``cols`` (nb, G, Kg, n) are the
+        columns of ``x[s]`` (padded by ``pad``) at the flattened output
+        positions ``flat``.
+
+        The work is spread over the threads (protonet/threads.py) chunk by
+        chunk, each padding its chunk into its own buffer; a batch of one
+        chunk is padded once and spread block by block.  Every column
+        matrix lives in the running thread's scratch (see _scratch).
         """
-        nb = img.shape[0]
-        if self.is_1x1:
-            yield img.reshape(nb, self.group, -1, img[0, 0].size), slice(None)
-            return
-        yield from self._blocks(img, self.kernel, self.stride, self.pad,
-                                self.col_shape, rows,
-                                self._pad_buffer("_pad_in"))
-
-    def _blocks(self, x, kernel, stride, pad, out_shape, rows, pad_buf):
-        nb, nd = x.shape[0], self.num_spatial
-        xp = pad_into(x, pad, pad_buf)
+        nd, C = self.num_spatial, x.shape[1]
         inner = int(np.prod(out_shape[1:]))
-        K = x.shape[1] * int(np.prod(kernel))
-        for r0 in range(0, out_shape[0], rows):
-            r = min(rows, out_shape[0] - r0)
+        K = C * int(np.prod(kernel))
+        chunks = self._chunks()
+        starts = range(0, out_shape[0], rows)
+        shape = (self.chunk, C) + tuple(i + 2 * q for i, q in
+                                        zip(x.shape[2:], pad))
+
+        def padded(s, worker):
+            buf = self._buf(pad_name, worker, shape, zero=True) \
+                if any(pad) else None
+            return pad_into(x[s], pad, buf)
+
+        def block(s, xp, r0, worker):
+            nb, r = xp.shape[0], min(rows, out_shape[0] - r0)
             cols = im2col(xp[:, :, r0 * stride[0]:], kernel, stride,
                           (0,) * nd, self.dilation, (r,) + out_shape[1:],
                           _scratch(nb * K * r * inner, self.dtype))
-            yield (cols.reshape(nb, self.group, -1, r * inner),
-                   slice(r0 * inner, (r0 + r) * inner))
+            fn(s, cols.reshape(nb, self.group, -1, r * inner),
+               slice(r0 * inner, (r0 + r) * inner), worker)
+
+        if len(chunks) > 1 or len(starts) == 1:
+            def task(s, worker):
+                xp = padded(s, worker)
+                for r0 in starts:
+                    block(s, xp, r0, worker)
+            self._run([partial(task, s) for s in chunks])
+        else:
+            xp = padded(chunks[0], 0)
+            self._run([partial(block, chunks[0], xp, r0) for r0 in starts])
 
     # -- the three products ----------------------------------------------------
     def _img_to_col(self, img, col):
@@ -330,15 +375,22 @@ class _BaseConvolutionLayer(Layer):
         if self._use_wino:
             return self._wino.forward(
                 self._img(img), self.blobs[0].data,
-                col.reshape((self.num, self.col_channels) + self.col_shape))
+                col.reshape((self.num, self.col_channels) + self.col_shape),
+                self._parallel)
         if self._nhwc:
             return self._img_to_col_nhwc(img, col)
         W = self._weights(self.blobs[0].data)
         img, col = self._img(img), self._col(col)
-        for s in self._chunks():
-            out = col[s]
-            for cols, flat in self._col_blocks(img[s], self._rows):
-                np.matmul(W, cols, out=out[..., flat])
+        if self.is_1x1:
+            P = col.shape[-1]
+            self._run([partial(lambda s, w: np.matmul(
+                W, img[s].reshape(-1, self.group, W.shape[2], P),
+                out=col[s]), s) for s in self._parts()])
+            return
+        self._for_blocks(img, self.kernel, self.stride, self.pad,
+                         self.col_shape, self._rows, "pad_in",
+                         lambda s, cols, flat, w: np.matmul(
+                             W, cols, out=col[s][..., flat]))
 
     def _col_to_img(self, col, img):
         """img = col2im(W^T @ col), chunk by chunk (img is assigned)."""
@@ -348,19 +400,27 @@ class _BaseConvolutionLayer(Layer):
             return self._col_to_img_corr(col, img)
         Wt = self._weights(self.blobs[0].data).transpose(0, 2, 1)
         img, col = self._img(img), self._col(col)
+        if self.is_1x1:
+            P = col.shape[-1]
+            self._run([partial(lambda s, w: np.matmul(
+                Wt, col[s], out=img[s].reshape(-1, self.group, Wt.shape[1],
+                                               P)), s) for s in self._parts()])
+            return
         K = self.img_channels * int(np.prod(self.kernel))
         P = int(np.prod(self.col_shape))
-        for s in self._chunks():
+        shape = (self.chunk, self.img_channels) + tuple(
+            i + 2 * q for i, q in zip(self.img_shape, self.pad))
+
+        def task(s, worker):
             nb = s.stop - s.start
-            if self.is_1x1:
-                np.matmul(Wt, col[s], out=img[s].reshape(
-                    nb, self.group, -1, col.shape[-1]))
-                continue
             cols = _scratch(nb * K * P, self.dtype).reshape(
-                nb, self.group, -1, col.shape[-1])
+                nb, self.group, -1, P)
             np.matmul(Wt, col[s], out=cols)
             col2im(cols, self.kernel, self.stride, self.pad, self.dilation,
-                   self.col_shape, img[s], self._pad_buffer("_pad_acc"))
+                   self.col_shape, img[s],
+                   self._buf("pad_acc", worker, shape) if any(self.pad)
+                   else None)
+        self._run([partial(task, s) for s in self._chunks()])
 
     def _col_to_img_corr(self, col, img):
         """Stride-1 ``_col_to_img`` as a correlation: img = Wf @ im2col(col
@@ -373,22 +433,11 @@ class _BaseConvolutionLayer(Layer):
         Wf = np.ascontiguousarray(np.moveaxis(flip, 2, 1)).reshape(
             G, self.img_channels // G, -1)
         col = col.reshape((self.num, self.col_channels) + self.col_shape)
-        img = self._img(img)
-        if self._corr_pad is None and any(self._corr_pad_width):
-            self._corr_pad = np.zeros(
-                (self.chunk, self.col_channels) + tuple(
-                    c + 2 * q for c, q in zip(self.col_shape,
-                                              self._corr_pad_width)),
-                self.dtype)
-        ones = (1,) * nd
-        for s in self._chunks():
-            out = img[s].reshape(s.stop - s.start, G, self.img_channels // G,
-                                 -1)
-            for cols, flat in self._blocks(col[s], self.kernel, ones,
-                                           self._corr_pad_width,
-                                           self.img_shape, self._corr_rows,
-                                           self._corr_pad):
-                np.matmul(Wf, cols, out=out[..., flat])
+        out = self._img(img).reshape(self.num, G, self.img_channels // G, -1)
+        self._for_blocks(col, self.kernel, (1,) * nd, self._corr_pad_width,
+                         self.img_shape, self._corr_rows, "corr_pad",
+                         lambda s, cols, flat, w: np.matmul(
+                             Wf, cols, out=out[s][..., flat]))
 
     def _weight_grad(self, img, col):
         """blobs[0].diff += col @ im2col(img)^T, summed over the batch."""
@@ -396,23 +445,26 @@ class _BaseConvolutionLayer(Layer):
             return self._weight_grad_nhwc(img, col)
         dW = self._weights(self.blobs[0].diff)
         img, col = self._img(img), self._col(col)
-        for s in self._chunks():
-            for cols, flat in self._col_blocks(img[s], self._rows):
-                dW += np.matmul(col[s][..., flat],
-                                cols.transpose(0, 1, 3, 2)).sum(axis=0)
+        acc, parts = self._accumulators(dW.shape)
+
+        def add(s, cols, flat, worker):
+            acc(worker)[...] += np.matmul(
+                col[s][..., flat], cols.transpose(0, 1, 3, 2)).sum(axis=0)
+        if self.is_1x1:
+            self._run([partial(lambda s, w: add(s, img[s].reshape(
+                -1, self.group, dW.shape[2], col.shape[-1]), slice(None), w),
+                s) for s in self._parts()])
+        else:
+            self._for_blocks(img, self.kernel, self.stride, self.pad,
+                             self.col_shape, self._rows, "pad_in", add)
+        for a in parts.values():
+            dW += a
 
     # -- channels-last variants (small images, group 1, Convolution) ---------
-    def _nhwc_buf(self, name, shape, zero=False):
-        buf = self._nhwc_bufs.get(name)
-        if buf is None:
-            buf = self._nhwc_bufs[name] = (np.zeros if zero else np.empty)(
-                shape, self.dtype)
-        return buf
-
-    def _nhwc_cols(self, img):
+    def _nhwc_cols(self, img, worker):
         """(nb * P, prod(kernel) * C) channels-last columns of a chunk."""
         nb = img.shape[0]
-        pad_buf = self._nhwc_buf("pad", (self.chunk,) + tuple(
+        pad_buf = self._buf("pad_nhwc", worker, (self.chunk,) + tuple(
             i + 2 * q for i, q in zip(self.img_shape, self.pad))
             + (self.img_channels,), zero=True)
         return im2col_nhwc(img, self.kernel, self.stride, self.pad,
@@ -428,29 +480,31 @@ class _BaseConvolutionLayer(Layer):
         Wp = np.moveaxis(self.blobs[0].data, 1, -1).reshape(M, -1).T
         img, col = self._img(img), col.reshape(self.num, M, -1)
         P = col.shape[-1]
-        obuf = self._nhwc_buf("out", (self.chunk * P, M))
-        for s in self._chunks():
+
+        def task(s, worker):
             nb = s.stop - s.start
-            out = obuf[:nb * P]
-            np.matmul(self._nhwc_cols(img[s]), Wp, out=out)
+            out = self._buf("out", worker, (self.chunk * P, M))[:nb * P]
+            np.matmul(self._nhwc_cols(img[s], worker), Wp, out=out)
             col[s] = out.reshape(nb, P, M).transpose(0, 2, 1)
+        self._run([partial(task, s) for s in self._chunks()])
 
     def _weight_grad_nhwc(self, img, col):
         """dW += col @ im2col(img)^T as one GEMM per chunk over nb * P."""
         M = self.col_channels
         img, col = self._img(img), col.reshape(self.num, M, -1)
         P = col.shape[-1]
-        dyT = self._nhwc_buf("dyT", (M, self.chunk * P))
-        acc = self._nhwc_buf("dW", (M, self.blobs[0].count // M))
-        acc[...] = 0
-        for s in self._chunks():
+        acc, parts = self._accumulators((M, self.blobs[0].count // M))
+
+        def task(s, worker):
             nb = s.stop - s.start
-            d = dyT[:, :nb * P]
+            d = self._buf("dyT", worker, (M, self.chunk * P))[:, :nb * P]
             d.reshape(M, nb, P)[...] = col[s].transpose(1, 0, 2)
-            acc += d @ self._nhwc_cols(img[s])
+            acc(worker)[...] += d @ self._nhwc_cols(img[s], worker)
+        self._run([partial(task, s) for s in self._chunks()])
         dW = self.blobs[0].diff
-        dW += np.moveaxis(acc.reshape((M,) + self.kernel
-                                      + (self.img_channels,)), -1, 1)
+        for a in parts.values():
+            dW += np.moveaxis(a.reshape((M,) + self.kernel
+                                        + (self.img_channels,)), -1, 1)
 
     def _col_to_img_nhwc(self, col, img):
         """Stride-1 input gradient as a channels-last correlation of the
@@ -462,18 +516,20 @@ class _BaseConvolutionLayer(Layer):
         img = self._img(img).reshape(self.num, C, -1)
         P = img.shape[-1]
         pad = self._corr_pad_width
-        pad_buf = self._nhwc_buf("corr_pad", (self.chunk,) + tuple(
-            c + 2 * q for c, q in zip(self.col_shape, pad)) + (M,), zero=True)
-        obuf = self._nhwc_buf("dx", (self.chunk * P, C))
-        for s in self._chunks():
+        pad_shape = (self.chunk,) + tuple(
+            c + 2 * q for c, q in zip(self.col_shape, pad)) + (M,)
+
+        def task(s, worker):
             nb = s.stop - s.start
             cols = im2col_nhwc(col[s], self.kernel, (1,) * nd, pad,
                                self.dilation, self.img_shape,
                                _scratch(nb * P * Wq.shape[0], self.dtype),
-                               pad_buf)
-            out = obuf[:nb * P]
+                               self._buf("corr_pad_nhwc", worker, pad_shape,
+                                         zero=True))
+            out = self._buf("dx", worker, (self.chunk * P, C))[:nb * P]
             np.matmul(cols, Wq, out=out)
             img[s] = out.reshape(nb, P, C).transpose(0, 2, 1)
+        self._run([partial(task, s) for s in self._chunks()])
 
     def _bias_forward(self, top):
         if self.bias_term:
