@@ -121,6 +121,8 @@ class Net(PycaffeNetMixin):
             self._release(b for ids in self.release_plan().values()
                           for b in ids)
             for layer in self.layers:
+                if hasattr(layer, "prefer_memory"):
+                    layer.prefer_memory()
                 if hasattr(layer, "release_buffers"):
                     layer.release_buffers()
 

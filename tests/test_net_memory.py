@@ -1,7 +1,9 @@
 """Net(memory="inference"): activations released after their last use.
 
-Outputs must be identical to the normal mode and the peak memory of a
-forward (tracemalloc; NumPy reports its buffers to it) must be lower.
+Outputs must be identical to the normal mode (within float32 rounding
+where a 3x3 layer runs Winograd F(2x2) instead of F(4x4)) and the peak
+memory of a forward (tracemalloc; NumPy reports its buffers to it) must be
+lower.
 """
 
 import tracemalloc
@@ -122,3 +124,34 @@ def test_opt_in_release_on_a_normal_net(model):
 def test_bad_memory_mode(model):
     with pytest.raises(ProtonetError, match="inference"):
         Net(model[0], memory="low")
+
+
+WINO_NET = """
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 64 dim: 16 dim: 16 } } }
+layer { name: "c" type: "Convolution" bottom: "data" top: "c"
+        convolution_param { num_output: 64 kernel_size: 3 pad: 1
+          weight_filler { type: "gaussian" std: 0.05 } } }
+"""
+
+
+def test_winograd_layers_keep_smaller_transformed_weights(tmp_path):
+    """memory="inference" runs 3x3 layers as Winograd F(2x2) (transformed
+    weights 16/9 of the kernel's, F(4x4)'s are 36/9), same answer."""
+    path = tmp_path / "w.prototxt"
+    path.write_text(WINO_NET)
+    weights = tmp_path / "w.caffemodel"
+    Net(str(path)).save(str(weights))
+    x = np.random.default_rng(1).standard_normal((2, 64, 16, 16)) \
+        .astype(np.float32)
+    outs, sizes = [], []
+    for memory in (None, "inference"):
+        net = Net(str(path), weights=str(weights), memory=memory)
+        outs.append(net.forward(data=x)["c"].copy())
+        layer = net.layers[1]
+        assert layer._use_wino
+        sizes.append(layer._wino.transformed_weights(
+            layer.blobs[0].data).size / layer.blobs[0].count)
+    assert sizes == [4.0, 16 / 9]
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5,
+                               atol=1e-5 * np.abs(outs[0]).max())

@@ -279,6 +279,15 @@ class _BaseConvolutionLayer(Layer):
             self._wino.release()
         self._shape = None
 
+    def prefer_memory(self):
+        """Trade speed for memory (``Net(memory="inference")`` calls this):
+        Winograd F(2x2, 3x3) instead of F(4x4), whose transformed weights
+        are 16/9 instead of 36/9 of the 3x3 weights.  Measured, VGG-16 at
+        batch 1: peak 758 instead of 935 MiB above the interpreter, forward
+        ~260 instead of ~200 ms (the GEMM path: 587 MiB, ~290 ms)."""
+        if self._wino is not None and self._wino.m != 2:
+            self._wino = Winograd3x3(2, self.pad, self.dtype)
+
     def _run(self, tasks):
         return threads.run(tasks, self._parallel)
 
