@@ -86,9 +86,13 @@ class Winograd3x3:
         m: output tile size, 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3)).
         pad: (pad_h, pad_w) zero padding of the input.
         dtype: the layer's dtype.
+        adjoint: compute a convolution's input gradient instead: the
+            correlation of the top diff with the kernel flipped on both
+            spatial axes and its two channel axes swapped (weights are
+            still given as the layer's (Cout, Cin, 3, 3)).
     """
 
-    def __init__(self, m, pad, dtype):
+    def __init__(self, m, pad, dtype, adjoint=False):
         if m not in _MATRICES:
             raise ValueError(f"Winograd tile size must be 2 or 4, got {m}")
         self.m, self.alpha = m, m + 2
@@ -101,6 +105,7 @@ class Winograd3x3:
         self._out_map = np.kron(AT, AT).astype(self.dtype)
         # U[(i, j)] = sum_kl G[i, k] G[j, l] g[k, l]: one GEMM over (o, c).
         self._weight_map = np.kron(G, G).T  # (9, alpha^2)
+        self.adjoint = adjoint
         self._w_seen = self._U = None
         self.release()
 
@@ -121,12 +126,14 @@ class Winograd3x3:
 
     def transformed_weights(self, w):
         """U = G g G^T as (alpha^2, Cout, Cin), computed in float64 and
-        cached until `w` (Cout, Cin, 3, 3) changes."""
+        cached until `w` (Cout, Cin, 3, 3) changes; for the adjoint,
+        (alpha^2, Cin, Cout) of the flipped kernel."""
         if self._U is not None and self._w_seen.shape == w.shape and \
                 np.array_equal(self._w_seen, w):
             return self._U
-        M, C = w.shape[:2]
-        U = w.reshape(M * C, 9).astype(np.float64) @ self._weight_map
+        g = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if self.adjoint else w
+        M, C = g.shape[:2]
+        U = g.reshape(M * C, 9).astype(np.float64) @ self._weight_map
         self._U = np.ascontiguousarray(
             U.T.reshape(self.alpha ** 2, M, C), dtype=self.dtype)
         self._w_seen = w.copy()
@@ -137,7 +144,7 @@ class Winograd3x3:
 
         Args:
             x: (N, C, H, W) input.
-            w: (M, C, 3, 3) weights.
+            w: (M, C, 3, 3) weights ((C, M, 3, 3) for the adjoint).
             out: (N, M, Ho, Wo) output, Ho = H + 2*pad_h - 2 (assigned).
             parallel: spread the blocks over threads (protonet/threads.py):
                 chunk by chunk of images, or, for one chunk, band by band of

@@ -150,16 +150,48 @@ def test_layer_uses_winograd_and_matches_gemm_path(dtype):
     else:
         ok, worst = golden_close(got, ref)
         assert ok, worst
-    # Backward keeps the GEMM paths and is unaffected.
+    # The input gradient runs Winograd too (the flipped kernel, pad
+    # 2 - pad); the weight gradient keeps the GEMM path.
+    assert layer._use_wino_dx
     top[0].diff[...] = rng.standard_normal(top[0].shape)
     layer.backward(top, [True], bottom)
-    dx = bottom[0].diff.copy()
-    layer._use_wino = False
+    dx, dW = bottom[0].diff.copy(), layer.blobs[0].diff.copy()
+    layer._use_wino = layer._use_wino_dx = False
     layer.forward(bottom, top)
     ok, worst = golden_close(got, top[0].data.astype(np.float64))
     assert ok, worst
+    layer.blobs[0].diff[...] = 0
     layer.backward(top, [True], bottom)
-    np.testing.assert_array_equal(dx, bottom[0].diff)
+    ref_dx = bottom[0].diff.astype(np.float64)
+    if dtype == np.float64:
+        np.testing.assert_allclose(dx, ref_dx, rtol=0,
+                                   atol=1e-12 * np.abs(ref_dx).max())
+    else:
+        ok, worst = golden_close(dx, ref_dx)
+        assert ok, worst
+    np.testing.assert_array_equal(dW, layer.blobs[0].diff)
+
+
+@pytest.mark.parametrize("pad", [(0, 0), (1, 2), (2, 1)])
+def test_layer_winograd_input_gradient_matches_direct(pad):
+    """dx = correlation of dy with the flipped kernel, for every pad that
+    keeps it a 3x3 stride-1 convolution (pad <= 2)."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 64, 13, 14))
+    layer, bottom, top = make_layer(
+        conv_text(80, f"kernel_size: 3 pad_h: {pad[0]} pad_w: {pad[1]}"),
+        [x])
+    layer.reshape(bottom, top)
+    assert layer._use_wino_dx
+    layer.forward(bottom, top)
+    dy = rng.standard_normal(top[0].shape)
+    top[0].diff[...] = dy
+    layer.backward(top, [True], bottom)
+    W = layer.blobs[0].data
+    flipped = W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+    ref = direct_conv(dy, flipped, (2 - pad[0], 2 - pad[1]))
+    np.testing.assert_allclose(bottom[0].diff, ref, rtol=0,
+                               atol=1e-12 * np.abs(ref).max())
 
 
 def test_layer_winograd_after_release_and_reshape():

@@ -176,12 +176,18 @@ class _BaseConvolutionLayer(Layer):
                             p.weight_filler)
         if self.bias_term:
             self.add_param_blob((self.num_output,), p.bias_filler)
-        self._wino = None
+        self._wino = self._wino_dx = None
         if (not self.reverse and self.kernel == (3, 3) and self.group == 1
                 and self.stride == (1, 1) and self.dilation == (1, 1)
                 and min(self.channels, self.num_output)
                 >= WINOGRAD_MIN_CHANNELS):
             self._wino = Winograd3x3(4, self.pad, self.dtype)
+            # The input gradient is a 3x3 correlation too (padded by
+            # 2 - pad): Winograd as well, with the flipped kernel.
+            if max(self.pad) <= 2:
+                self._wino_dx = Winograd3x3(
+                    4, tuple(2 - q for q in self.pad), self.dtype,
+                    adjoint=True)
         self._shape = None
 
     def reshape(self, bottom, top):
@@ -262,6 +268,9 @@ class _BaseConvolutionLayer(Layer):
                       and self.img_channels >= NHWC_MIN_CHANNELS)
         self._use_wino = self._wino is not None and self.num * int(np.prod(
             [-(-o // 4) for o in self.col_shape])) >= WINOGRAD_MIN_TILES
+        self._use_wino_dx = self._wino_dx is not None and self.num * int(
+            np.prod([-(-i // 4) for i in self.img_shape])) \
+            >= WINOGRAD_MIN_TILES
 
     def _block_rows(self, K, out_shape):
         """Output rows per column block: all of them when one chunk of
@@ -275,8 +284,9 @@ class _BaseConvolutionLayer(Layer):
         """Drop the column and padding buffers until the next reshape (the
         net's ``memory="inference"`` mode calls this after forward)."""
         self._bufs = {}
-        if self._wino is not None:
-            self._wino.release()
+        for wino in (self._wino, self._wino_dx):
+            if wino is not None:
+                wino.release()
         self._shape = None
 
     def prefer_memory(self):
@@ -403,6 +413,10 @@ class _BaseConvolutionLayer(Layer):
 
     def _col_to_img(self, col, img):
         """img = col2im(W^T @ col), chunk by chunk (img is assigned)."""
+        if self._use_wino_dx:
+            return self._wino_dx.forward(
+                col.reshape((self.num, self.col_channels) + self.col_shape),
+                self.blobs[0].data, self._img(img), self._parallel)
         if self._corr_ok:
             if self._nhwc:
                 return self._col_to_img_nhwc(col, img)
