@@ -448,3 +448,42 @@ def test_threaded_winograd_matches_serial(monkeypatch):
         outs.append(top[0].data.copy())
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(outs[2], outs[0][:1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,shape,extra", [
+    ("Convolution", (5, 6, 7, 6), "kernel_size: 1 group: 3"),
+    ("Convolution", (5, 4, 9, 8), "kernel_size: 1 stride: 2"),
+    ("Convolution", (3, 4, 9, 8), "kernel_h: 1 kernel_w: 1 stride_h: 3 "
+     "stride_w: 2"),
+    ("Convolution", (2, 2, 5, 4, 6), "kernel_size: 1 stride: 2"),  # 3-D
+    ("Deconvolution", (4, 4, 5, 5), "kernel_size: 1 stride: 2 group: 2"),
+])
+@pytest.mark.parametrize("budget", [1, 1 << 30])
+def test_channel_major_1x1_matches_per_image_path(monkeypatch, kind, shape,
+                                                  extra, budget):
+    """1x1 kernels on few positions (one GEMM per chunk on channel-major
+    copies; strided ones subsample instead of im2col) give the per-image
+    path's forward, input gradient and accumulated weight gradient."""
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal(shape)
+    monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", budget)
+    results = []
+    for limit, used in ((0, False), (1 << 20, True)):
+        monkeypatch.setattr(conv_module, "CHANNEL_MAJOR_MAX_POSITIONS", limit)
+        layer, bottom, top = make_layer(conv_text(kind, 6, extra), [x])
+        assert layer._cm is used
+        if used:
+            assert layer.chunk == (1 if budget == 1 else shape[0])
+        if not results:
+            params = [b.data.copy() for b in layer.blobs]
+        for blob, arr in zip(layer.blobs, params):
+            blob.data[...] = arr
+        layer.forward(bottom, top)
+        top[0].diff[...] = np.arange(top[0].count).reshape(top[0].shape) % 7
+        bottom[0].diff[...] = np.nan  # every element must be assigned
+        layer.backward(top, [True], bottom)
+        layer.backward(top, [True], bottom)
+        results.append((top[0].data.copy(), bottom[0].diff.copy(),
+                        layer.blobs[0].diff.copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)

@@ -42,6 +42,11 @@ NHWC_MIN_CHANNELS = 16
 # reach these (measured: 1.2-2.6x the GEMM path on VGG-16's and GoogLeNet's
 # 3x3 layers, batch 1 included; slower below 64 channels or on 7x7 images).
 WINOGRAD_MIN_CHANNELS = 64
+# 1x1 kernels without padding (any stride) whose output has fewer positions
+# per image than this run as one GEMM per chunk on channel-major copies,
+# (C, nb * P): per-image GEMMs with P = 49 or 196 (ResNet-50's res5/res4)
+# reach a third of sgemm's rate, and a strided 1x1 through im2col a fifth.
+CHANNEL_MAJOR_MAX_POSITIONS = 1024
 # Per-image column bytes from which the batch's chunks (or an image's row
 # blocks) are spread over threads, each with single-threaded BLAS
 # (measured, 2 cores: CaffeNet training step 1150 -> 890 ms; CIFAR-10
@@ -248,6 +253,14 @@ class _BaseConvolutionLayer(Layer):
         # BLAS spreads better: ResNet-50 res2b_branch2a 7.8 vs 14 ms), keep
         # one thread and multi-threaded BLAS.
         self._parallel = not self.is_1x1 and per_image >= PARALLEL_MIN_BYTES
+        # 1x1 (any stride, no pad) on few output positions: channel-major.
+        self._cm = (all(k == 1 for k in self.kernel) and not any(self.pad)
+                    and P < CHANNEL_MAJOR_MAX_POSITIONS)
+        if self._cm:
+            self.chunk = max(1, min(self.num, COL_BUFFER_BYTES // max(
+                (self.img_channels + self.col_channels) * P
+                * self.dtype.itemsize, 1)))
+            self._parallel = False
         self._bufs = {}
         # col -> img by correlation with the flipped kernel (stride 1 only):
         # pad the col side by extent-1-pad and im2col it; no col2im adds.
@@ -396,6 +409,8 @@ class _BaseConvolutionLayer(Layer):
                 self._img(img), self.blobs[0].data,
                 col.reshape((self.num, self.col_channels) + self.col_shape),
                 self._parallel)
+        if self._cm:
+            return self._img_to_col_cm(img, col)
         if self._nhwc:
             return self._img_to_col_nhwc(img, col)
         W = self._weights(self.blobs[0].data)
@@ -417,6 +432,8 @@ class _BaseConvolutionLayer(Layer):
             return self._wino_dx.forward(
                 col.reshape((self.num, self.col_channels) + self.col_shape),
                 self.blobs[0].data, self._img(img), self._parallel)
+        if self._cm:
+            return self._col_to_img_cm(col, img)
         if self._corr_ok:
             if self._nhwc:
                 return self._col_to_img_nhwc(col, img)
@@ -464,6 +481,8 @@ class _BaseConvolutionLayer(Layer):
 
     def _weight_grad(self, img, col):
         """blobs[0].diff += col @ im2col(img)^T, summed over the batch."""
+        if self._cm:
+            return self._weight_grad_cm(img, col)
         if self._nhwc:
             return self._weight_grad_nhwc(img, col)
         dW = self._weights(self.blobs[0].diff)
@@ -553,6 +572,65 @@ class _BaseConvolutionLayer(Layer):
             np.matmul(cols, Wq, out=out)
             img[s] = out.reshape(nb, P, C).transpose(0, 2, 1)
         self._run([partial(task, s) for s in self._chunks()])
+
+    # -- channel-major 1x1 (few output positions, any stride, no pad) -------
+    def _cm_sites(self, arr):
+        """The img side at the output positions: every stride-th pixel."""
+        return arr[(slice(None), slice(None))
+                   + tuple(slice(None, None, t) for t in self.stride)]
+
+    def _cm_buf(self, name, rows, s):
+        """(G, rows/G, nb * P) view of a channel-major buffer for chunk s."""
+        n = (s.stop - s.start) * int(np.prod(self.col_shape))
+        buf = self._buf(name, 0, (rows, self.chunk * n // (s.stop - s.start)))
+        return buf[:, :n].reshape(self.group, rows // self.group, n)
+
+    def _cm_copy(self, name, arr, s):
+        """Channel-major copy (G, rows/G, nb * P) of a chunk of `arr`
+        ((num, rows, *col_shape) once subsampled)."""
+        nb, rows = s.stop - s.start, arr.shape[1]
+        buf = self._cm_buf(name, rows, s)
+        buf.reshape((rows, nb) + self.col_shape)[...] = \
+            np.moveaxis(arr[s], 1, 0)
+        return buf
+
+    def _cm_scatter(self, t, out, s):
+        """out[s] = t, t being (G, rows/G, nb * P) channel-major."""
+        nb = s.stop - s.start
+        out[s] = np.moveaxis(t.reshape((-1, nb) + self.col_shape), 0, 1)
+
+    def _img_to_col_cm(self, img, col):
+        W = self._weights(self.blobs[0].data)
+        x = self._cm_sites(self._img(img))
+        col = col.reshape((self.num, self.col_channels) + self.col_shape)
+        for s in self._chunks():
+            xt = self._cm_copy("cm_img", x, s)
+            yt = self._cm_buf("cm_col", self.col_channels, s)
+            np.matmul(W, xt, out=yt)
+            self._cm_scatter(yt, col, s)
+
+    def _col_to_img_cm(self, col, img):
+        Wt = self._weights(self.blobs[0].data).transpose(0, 2, 1)
+        col = col.reshape((self.num, self.col_channels) + self.col_shape)
+        img = self._img(img)
+        strided = any(t > 1 for t in self.stride)
+        if strided:
+            img[...] = 0  # pixels no output reads get no gradient
+        sites = self._cm_sites(img)
+        for s in self._chunks():
+            dyt = self._cm_copy("cm_col", col, s)
+            dxt = self._cm_buf("cm_img", self.img_channels, s)
+            np.matmul(Wt, dyt, out=dxt)
+            self._cm_scatter(dxt, sites, s)
+
+    def _weight_grad_cm(self, img, col):
+        dW = self._weights(self.blobs[0].diff)
+        x = self._cm_sites(self._img(img))
+        col = col.reshape((self.num, self.col_channels) + self.col_shape)
+        for s in self._chunks():
+            dyt = self._cm_copy("cm_col", col, s)
+            xt = self._cm_copy("cm_img", x, s)
+            dW += np.matmul(dyt, xt.transpose(0, 2, 1))
 
     def _bias_forward(self, top):
         if self.bias_term:
