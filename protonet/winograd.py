@@ -1,4 +1,5 @@
-"""Winograd minimal filtering for 3x3, stride-1 convolution forward.
+"""Winograd minimal filtering for 3x3, stride-1 convolutions (the forward,
+and the input gradient as a correlation with the flipped kernel).
 
 F(m x m, 3x3) computes an m x m output tile from an alpha x alpha input
 tile (alpha = m + 2) with alpha^2 products per (output, input) channel pair
@@ -10,7 +11,8 @@ Networks", 2016):
 Over channels the elementwise products become alpha^2 independent GEMMs:
 ``M[ij] = U[ij] @ V[ij]`` with U (alpha^2, Cout, Cin) the transformed
 weights and V (alpha^2, Cin, tiles) the transformed input tiles, so the
-multiply count drops 2.25x for F(2x2) and 4x for F(4x4).
+multiply count drops 2.25x for F(2x2) and 4x for F(4x4).  With groups the
+alpha^2 GEMMs are per group, (alpha^2, G) of them.
 
 Layout: the input of a chunk of images is copied once, channel-major, into a
 zero-padded buffer (C, nb, th*m + 2, tw*m + 2) (extra zero rows/columns
@@ -89,10 +91,11 @@ class Winograd3x3:
         adjoint: compute a convolution's input gradient instead: the
             correlation of the top diff with the kernel flipped on both
             spatial axes and its two channel axes swapped (weights are
-            still given as the layer's (Cout, Cin, 3, 3)).
+            still given as the layer's (Cout, Cin/groups, 3, 3)).
+        groups: grouped convolution (the GEMMs run per group).
     """
 
-    def __init__(self, m, pad, dtype, adjoint=False):
+    def __init__(self, m, pad, dtype, adjoint=False, groups=1):
         if m not in _MATRICES:
             raise ValueError(f"Winograd tile size must be 2 or 4, got {m}")
         self.m, self.alpha = m, m + 2
@@ -105,7 +108,7 @@ class Winograd3x3:
         self._out_map = np.kron(AT, AT).astype(self.dtype)
         # U[(i, j)] = sum_kl G[i, k] G[j, l] g[k, l]: one GEMM over (o, c).
         self._weight_map = np.kron(G, G).T  # (9, alpha^2)
-        self.adjoint = adjoint
+        self.adjoint, self.groups = adjoint, groups
         self._w_seen = self._U = None
         self.release()
 
@@ -125,17 +128,21 @@ class Winograd3x3:
         return buf
 
     def transformed_weights(self, w):
-        """U = G g G^T as (alpha^2, Cout, Cin), computed in float64 and
-        cached until `w` (Cout, Cin, 3, 3) changes; for the adjoint,
-        (alpha^2, Cin, Cout) of the flipped kernel."""
+        """U = G g G^T as (alpha^2, groups, Cout/groups, Cin/groups),
+        computed in float64 and cached until `w` (Cout, Cin/groups, 3, 3)
+        changes; for the adjoint, Cin and Cout exchanged, of the flipped
+        kernel."""
         if self._U is not None and self._w_seen.shape == w.shape and \
                 np.array_equal(self._w_seen, w):
             return self._U
-        g = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if self.adjoint else w
-        M, C = g.shape[:2]
-        U = g.reshape(M * C, 9).astype(np.float64) @ self._weight_map
+        G = self.groups
+        g = w.reshape((G, -1) + w.shape[1:])  # (G, Cout/G, Cin/G, 3, 3)
+        if self.adjoint:
+            g = g[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        Mg, Cg = g.shape[1:3]
+        U = g.reshape(-1, 9).astype(np.float64) @ self._weight_map
         self._U = np.ascontiguousarray(
-            U.T.reshape(self.alpha ** 2, M, C), dtype=self.dtype)
+            U.T.reshape(self.alpha ** 2, G, Mg, Cg), dtype=self.dtype)
         self._w_seen = w.copy()
         return self._U
 
@@ -144,7 +151,8 @@ class Winograd3x3:
 
         Args:
             x: (N, C, H, W) input.
-            w: (M, C, 3, 3) weights ((C, M, 3, 3) for the adjoint).
+            w: (M, C/groups, 3, 3) weights ((C, M/groups, 3, 3) for the
+                adjoint).
             out: (N, M, Ho, Wo) output, Ho = H + 2*pad_h - 2 (assigned).
             parallel: spread the blocks over threads (protonet/threads.py):
                 chunk by chunk of images, or, for one chunk, band by band of
@@ -193,7 +201,7 @@ class Winograd3x3:
         (M, nb, r*m, tw*m)."""
         m, a = self.m, self.alpha
         C, nb = xp.shape[:2]
-        M = U.shape[1]
+        G, M = U.shape[1], U.shape[1] * U.shape[2]
         T = nb * r * tw
         # Gather the (overlapping) input tiles position-major, (a, a, C, T),
         # with one strided copy; then V = (B^T x B^T) @ tiles is one GEMM.
@@ -205,7 +213,8 @@ class Winograd3x3:
         V = self._buf("V", worker, (a * a, C, T))
         np.matmul(self._in_map, D, out=V.reshape(a * a, C * T))
         Mt = self._buf("M", worker, (a * a, M, T))
-        np.matmul(U, V, out=Mt)
+        np.matmul(U, V.reshape(a * a, G, C // G, T),
+                  out=Mt.reshape(a * a, G, M // G, T))
         # Y = (A^T x A^T) @ M, then one copy interleaves the tile positions.
         Yt = self._buf("Yt", worker, (m * m, M * T))
         np.matmul(self._out_map, Mt.reshape(a * a, M * T), out=Yt)

@@ -248,3 +248,24 @@ def test_deep_stack_float32_within_golden_tolerance():
     ok, worst = golden_close(x32, x64)
     assert ok, worst
 
+
+
+def test_grouped_layer_forward_and_input_gradient_match_gemm_path():
+    """Groups of >= 64 channels (CaffeNet conv4/conv5) run Winograd per
+    group, forward and input gradient."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((2, 128, 13, 13))
+    layer, bottom, top = make_layer(
+        conv_text(192, "kernel_size: 3 pad: 1 group: 2"), [x])
+    layer.reshape(bottom, top)
+    assert layer._use_wino and layer._use_wino_dx
+    dy = rng.standard_normal(top[0].shape)
+    results = []
+    for wino in (True, False):
+        layer._use_wino = layer._use_wino_dx = wino
+        layer.forward(bottom, top)
+        top[0].diff[...] = dy
+        layer.backward(top, [True], bottom)
+        results.append((top[0].data.copy(), bottom[0].diff.copy()))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.abs(b).max())

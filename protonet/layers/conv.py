@@ -4,15 +4,22 @@ Mirrors: src/caffe/layers/base_conv_layer.cpp, conv_layer.cpp,
 deconv_layer.cpp, im2col_layer.cpp.
 
 Convolution is im2col plus one (batched) GEMM per direction, over chunks of
-the batch whose column buffer stays cache-sized; 1x1 convolutions with stride
-1 and pad 0 skip im2col and multiply the reshaped input directly.  With
-stride 1 the input gradient (Deconvolution's forward) is a correlation of the
-padded top diff with the flipped kernel (im2col + GEMM): no col2im, whose
-prod(kernel) strided adds cost as much as the GEMM on small images.  Groups
-are one ``np.matmul`` over (G, ...) stacks.  Deconvolution runs the same three
-products with the roles of forward and backward exchanged.  The forward of
-3x3, stride-1 convolutions with many channels uses Winograd F(4x4, 3x3)
-(protonet/winograd.py); their backward keeps the GEMM paths.
+the batch whose column buffer stays cache-sized (an image too large for it
+is split into blocks of output rows).  Large images spread their chunks, or
+one image's row blocks, over the cores (protonet/threads.py), each thread
+running im2col and single-threaded GEMMs on its own part; small images keep
+one thread and multi-threaded BLAS, with channels-last columns
+(output-position-major GEMMs).  1x1 convolutions skip im2col: stride 1 and
+many positions multiply the reshaped input directly, few positions (any
+stride) run one GEMM per chunk on channel-major copies.  With stride 1 the
+input gradient (Deconvolution's forward) is a correlation of the padded top
+diff with the flipped kernel (im2col + GEMM): no col2im, whose prod(kernel)
+strided adds cost as much as the GEMM on small images.  Groups are one
+``np.matmul`` over (G, ...) stacks.  Deconvolution runs the same three
+products with the roles of forward and backward exchanged.  3x3 stride-1
+convolutions with many channels per group run their forward and their input
+gradient as Winograd F(4x4, 3x3) (protonet/winograd.py); their weight
+gradient keeps the GEMM path.
 """
 
 import threading
@@ -37,9 +44,9 @@ CORR_MAX_RATIO = 2.0
 # this many channels (fewer make the copy's contiguous runs too short:
 # CIFAR conv1, 3 channels, is 30% slower that way).
 NHWC_MIN_CHANNELS = 16
-# Convolution forward by Winograd F(4x4, 3x3) (3x3, stride 1, no dilation,
-# no groups) when both channel counts and the number of 4x4 output tiles
-# reach these (measured: 1.2-2.6x the GEMM path on VGG-16's and GoogLeNet's
+# Convolution forward and input gradient by Winograd F(4x4, 3x3) (3x3,
+# stride 1, no dilation) when both channel counts per group and the number
+# of 4x4 output tiles reach these (measured: 1.2-2.6x the GEMM path on VGG-16's and GoogLeNet's
 # 3x3 layers, batch 1 included; slower below 64 channels or on 7x7 images).
 WINOGRAD_MIN_CHANNELS = 64
 # 1x1 kernels without padding (any stride) whose output has fewer positions
@@ -182,17 +189,18 @@ class _BaseConvolutionLayer(Layer):
         if self.bias_term:
             self.add_param_blob((self.num_output,), p.bias_filler)
         self._wino = self._wino_dx = None
-        if (not self.reverse and self.kernel == (3, 3) and self.group == 1
+        if (not self.reverse and self.kernel == (3, 3)
                 and self.stride == (1, 1) and self.dilation == (1, 1)
-                and min(self.channels, self.num_output)
+                and min(self.channels, self.num_output) // self.group
                 >= WINOGRAD_MIN_CHANNELS):
-            self._wino = Winograd3x3(4, self.pad, self.dtype)
+            self._wino = Winograd3x3(4, self.pad, self.dtype,
+                                     groups=self.group)
             # The input gradient is a 3x3 correlation too (padded by
             # 2 - pad): Winograd as well, with the flipped kernel.
             if max(self.pad) <= 2:
                 self._wino_dx = Winograd3x3(
                     4, tuple(2 - q for q in self.pad), self.dtype,
-                    adjoint=True)
+                    adjoint=True, groups=self.group)
         self._shape = None
 
     def reshape(self, bottom, top):
@@ -309,7 +317,8 @@ class _BaseConvolutionLayer(Layer):
         batch 1: peak 758 instead of 935 MiB above the interpreter, forward
         ~260 instead of ~200 ms (the GEMM path: 587 MiB, ~290 ms)."""
         if self._wino is not None and self._wino.m != 2:
-            self._wino = Winograd3x3(2, self.pad, self.dtype)
+            self._wino = Winograd3x3(2, self.pad, self.dtype,
+                                     groups=self.group)
 
     def _run(self, tasks):
         return threads.run(tasks, self._parallel)
@@ -649,8 +658,8 @@ class ConvolutionLayer(_BaseConvolutionLayer):
 
     ``top[n, o] = sum_{c in group(o), k} W[o, c, k] * x_pad[n, c, s*p + d*k]
     + b[o]``, computed as im2col plus one GEMM per chunk of the batch (the
-    forward of 3x3, stride-1, group-1 layers with >= 64 channels by Winograd
-    F(4x4, 3x3), protonet/winograd.py).
+    forward and input gradient of 3x3, stride-1 layers with >= 64 channels
+    per group by Winograd F(4x4, 3x3), protonet/winograd.py).
     Gradients: ``dW += dy @ cols^T``, ``db += sum dy``,
     ``dx = col2im(W^T @ dy)``.
 
