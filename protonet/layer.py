@@ -8,7 +8,8 @@ A layer is built from its `LayerParameter` only.  The net calls, in order:
   `setup` (read `self.param.<x>_param`, create and fill `self.blobs`), then
   `reshape`, then sets the loss weights of the tops;
 * `reshape(bottom, top)` before every forward: top shapes, scratch buffers;
-* `forward(bottom, top)`: writes `top[i].data`;
+* `forward(bottom, top)`: writes `top[i].data` (with `self.forward_only`
+  set, no backward follows it: state kept only for backward may be skipped);
 * `backward(top, propagate_down, bottom)`: assigns `bottom[i].diff` where
   `propagate_down[i]`, and adds into `self.blobs[j].diff`.
 
@@ -104,6 +105,10 @@ class Layer:
         self.loss_weights = []
         # Per parameter blob: does this layer compute its gradient?
         self.param_propagate_down = []
+        # Set by the net around a forward that no backward can follow (a
+        # memory="inference" forward): a layer may skip what only its
+        # backward needs (Pooling's argmax, LRN's scale).
+        self.forward_only = False
 
     # -- the contract -----------------------------------------------------
     def setup(self, bottom, top):

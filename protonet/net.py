@@ -111,6 +111,7 @@ class Net(PycaffeNetMixin):
                                 f"{memory!r}")
         self.memory = memory
         self._released = set()
+        self._forward_only = set()  # layers whose last forward was release
         with _limits.limit(max_memory):
             self._init(param)
         if weights:
@@ -421,7 +422,13 @@ class Net(PycaffeNetMixin):
             for callback in self._callbacks["before_forward"]:
                 callback(i)
             layer.reshape(bottom, top)
-            layer.forward(bottom, top)
+            layer.forward_only = release
+            try:
+                layer.forward(bottom, top)
+            finally:
+                layer.forward_only = False
+            (self._forward_only.add if release else
+             self._forward_only.discard)(i)
             if any(layer.loss_weights):
                 loss += layer.loss(top)
             for callback in self._callbacks["after_forward"]:
@@ -485,6 +492,13 @@ class Net(PycaffeNetMixin):
             names = sorted(self._blob_names[b] for b in self._released)
             raise NetError(f"backward after a forward that released "
                            f"activations ({', '.join(names[:5])}...): run "
+                           f"forward_from_to(release=False) first")
+        skipped = [self._layer_names[i] for i in range(end, start + 1)
+                   if i in self._forward_only and self.layer_need_backward[i]]
+        if skipped:
+            raise NetError(f"backward after a forward that kept nothing for "
+                           f"backward (memory='inference'), in layers "
+                           f"{', '.join(skipped[:5])}: run "
                            f"forward_from_to(release=False) first")
         for i in range(start, end - 1, -1):
             for callback in self._callbacks["before_backward"]:

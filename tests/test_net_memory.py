@@ -128,7 +128,7 @@ def test_bad_memory_mode(model):
 
 WINO_NET = """
 layer { name: "data" type: "Input" top: "data"
-        input_param { shape { dim: 2 dim: 64 dim: 16 dim: 16 } } }
+        input_param { shape { dim: 1 dim: 64 dim: 15 dim: 15 } } }
 layer { name: "c" type: "Convolution" bottom: "data" top: "c"
         convolution_param { num_output: 64 kernel_size: 3 pad: 1
           weight_filler { type: "gaussian" std: 0.05 } } }
@@ -136,13 +136,14 @@ layer { name: "c" type: "Convolution" bottom: "data" top: "c"
 
 
 def test_winograd_layers_keep_smaller_transformed_weights(tmp_path):
-    """memory="inference" runs 3x3 layers as Winograd F(2x2) (transformed
-    weights 16/9 of the kernel's, F(4x4)'s are 36/9), same answer."""
+    """memory="inference" runs a 3x3 layer whose F(4x4) transformed weights
+    (36/9 of the kernel's) would outgrow Caffe's column buffer for it as
+    F(2x2) (16/9), same answer; with a larger batch, F(4x4) again."""
     path = tmp_path / "w.prototxt"
     path.write_text(WINO_NET)
     weights = tmp_path / "w.caffemodel"
     Net(str(path)).save(str(weights))
-    x = np.random.default_rng(1).standard_normal((2, 64, 16, 16)) \
+    x = np.random.default_rng(1).standard_normal((1, 64, 15, 15)) \
         .astype(np.float32)
     outs, sizes = [], []
     for memory in (None, "inference"):
@@ -155,3 +156,10 @@ def test_winograd_layers_keep_smaller_transformed_weights(tmp_path):
     assert sizes == [4.0, 16 / 9]
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5,
                                atol=1e-5 * np.abs(outs[0]).max())
+    # 64*64*9 weights: F(4x4) needs 4x that, 147456 floats; the column
+    # buffer of one 15x15 image holds 64*9*225 = 129600 (F(2x2)), of two
+    # 259200: F(4x4) fits.
+    assert net.layers[1]._wino.m == 2
+    net.blobs["data"].reshape((2, 64, 15, 15))
+    net.forward(data=np.concatenate([x] * 2))
+    assert net.layers[1]._wino.m == 4

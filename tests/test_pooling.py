@@ -332,3 +332,62 @@ def test_kernel_larger_than_bottom_is_clipped_as_in_caffe():
         run_forward(layer, bottom, top)
         assert top[0].shape == (1, 1, 1, 1)
         assert top[0].data[0, 0, 0, 0] == want
+
+
+@pytest.mark.parametrize("threads_", ["1", "2"])
+@pytest.mark.parametrize("pool", ["MAX", "AVE"])
+@pytest.mark.parametrize("case", [GRID[2], GRID[5], GRID[7]])
+def test_blocks_of_planes_over_threads_match_oracle(monkeypatch, case, pool,
+                                                    threads_):
+    """Blocks of one (n, c) plane, spread over two threads, give the naive
+    oracle's outputs, argmax and gradients (also with the last block
+    smaller than the others: 3 x 5 planes in blocks of 2)."""
+    from protonet.layers import vision
+    (H, W), k, s, p = case
+    monkeypatch.setenv("PROTONET_THREADS", threads_)
+    for budget in (1, 2 * H * W * 8):
+        monkeypatch.setattr(vision, "BLOCK_BYTES", budget)
+        x = distinct((3, 5, H, W), 2)
+        tops = 2 if pool == "MAX" else 1
+        layer, bottom, top = make_layer(pool_text(pool, geom(k, s, p), tops),
+                                        [x])
+        layer.forward(bottom, top)
+        assert len(layer._blocks) == (15 if budget == 1 else 8)
+        y, mask = naive_pool(x, pool, k, s, p)
+        np.testing.assert_allclose(top[0].data, y, rtol=1e-12, atol=1e-12)
+        if pool == "MAX":
+            np.testing.assert_array_equal(top[1].data, mask)
+    check_gradient(pool_text(pool, geom(k, s, p)), [distinct((3, 5, H, W), 3)])
+
+
+def test_forward_only_skips_the_argmax_and_net_refuses_backward(tmp_path):
+    """A forward no backward follows (memory="inference") keeps no argmax;
+    a backward after it is refused with the layer's name, even when no
+    activation was released (a net of one layer)."""
+    from protonet import Net
+    from protonet.errors import NetError
+    x = distinct((2, 3, 7, 7))
+    layer, bottom, top = make_layer(pool_text("MAX", geom((3, 3), (2, 2),
+                                                          (1, 1))), [x])
+    layer.forward(bottom, top)
+    y = top[0].data.copy()
+    assert layer._idx is not None
+    layer.forward_only = True
+    layer.forward(bottom, top)
+    assert layer._idx is None
+    np.testing.assert_array_equal(top[0].data, y)
+    path = tmp_path / "pool.prototxt"
+    path.write_text('layer { name: "data" type: "Input" top: "data" '
+                    'input_param { shape { dim: 2 dim: 3 dim: 7 dim: 7 } } }'
+                    'layer { name: "pool" type: "Pooling" bottom: "data" '
+                    'top: "pool" pooling_param { pool: MAX kernel_size: 3 '
+                    'stride: 2 } }')
+    net = Net(str(path), memory="inference", phase=caffe_pb2.TRAIN)
+    net.force_backward = True
+    net.layer_need_backward[1] = True
+    net.bottom_need_backward[1] = [True]
+    net.forward(data=x)
+    with pytest.raises(NetError, match="kept nothing for backward.*pool"):
+        net.backward_from_to()
+    net.forward_from_to(release=False)
+    net.backward_from_to()

@@ -163,7 +163,7 @@ class ScaleLayer(Layer):
     def forward(self, bottom, top):
         outer, D, inner = self.dims
         x = bottom[0].data
-        if top[0] is bottom[0]:
+        if top[0] is bottom[0] and not self.forward_only:
             # In place: keep x for the scale gradient.
             if self.saved_bottom is None or self.saved_bottom.shape != x.shape:
                 self.saved_bottom = np.empty_like(x)

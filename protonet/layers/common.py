@@ -277,11 +277,15 @@ class EltwiseLayer(Layer):
                 y *= x
         elif self.op == _EltwiseOp.SUM:
             # Caffe zeroes the top, then accumulates c_i * x_i in order.
-            acc = xs[0] * self.dtype.type(self.coeffs[0]) \
-                if self.coeffs[0] != 1 else xs[0].copy()
+            c0 = self.dtype.type(self.coeffs[0])
+            if any(np.shares_memory(x, y) for x in xs[1:]):
+                acc = xs[0] * c0  # a later bottom is the top: sum aside
+            else:
+                acc = np.multiply(xs[0], c0, out=y)  # sum in the top
             for c, x in zip(self.coeffs[1:], xs[1:]):
-                acc += x * self.dtype.type(c) if c != 1 else x
-            np.copyto(y, acc)
+                acc += x if c == 1 else x * self.dtype.type(c)
+            if acc is not y:
+                np.copyto(y, acc)
         else:
             idx = self.max_idx
             first = xs[0] > xs[1]

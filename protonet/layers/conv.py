@@ -189,6 +189,7 @@ class _BaseConvolutionLayer(Layer):
         if self.bias_term:
             self.add_param_blob((self.num_output,), p.bias_filler)
         self._wino = self._wino_dx = None
+        self._low_memory = False
         if (not self.reverse and self.kernel == (3, 3)
                 and self.stride == (1, 1) and self.dilation == (1, 1)
                 and min(self.channels, self.num_output) // self.group
@@ -287,6 +288,7 @@ class _BaseConvolutionLayer(Layer):
         self._nhwc = (not self.reverse and not self.is_1x1 and self.group == 1
                       and self.chunk > 1
                       and self.img_channels >= NHWC_MIN_CHANNELS)
+        self._choose_winograd()
         self._use_wino = self._wino is not None and self.num * int(np.prod(
             [-(-o // 4) for o in self.col_shape])) >= WINOGRAD_MIN_TILES
         self._use_wino_dx = self._wino_dx is not None and self.num * int(
@@ -311,13 +313,30 @@ class _BaseConvolutionLayer(Layer):
         self._shape = None
 
     def prefer_memory(self):
-        """Trade speed for memory (``Net(memory="inference")`` calls this):
-        Winograd F(2x2, 3x3) instead of F(4x4), whose transformed weights
-        are 16/9 instead of 36/9 of the 3x3 weights.  Measured, VGG-16 at
-        batch 1: peak 758 instead of 935 MiB above the interpreter, forward
-        ~260 instead of ~200 ms (the GEMM path: 587 MiB, ~290 ms)."""
-        if self._wino is not None and self._wino.m != 2:
-            self._wino = Winograd3x3(2, self.pad, self.dtype,
+        """Trade speed for memory (``Net(memory="inference")`` calls this).
+
+        Winograd's transformed weights (kept across forwards) may take at
+        most what Caffe's column buffer for this layer and batch would
+        (C * 9 * output positions * batch): F(4x4) when its 36/9 of the 3x3
+        weights fit, else F(2x2) (16/9).  Measured, VGG-16 at batch 1 (its
+        512-channel layers take F(2x2)): peak 935 -> 775 MiB above the
+        interpreter; GoogLeNet keeps F(4x4) everywhere.
+        """
+        self._low_memory = True
+        self._shape = None  # choose at the next reshape
+
+    def _choose_winograd(self):
+        """F(4x4) unless prefer_memory() and its weights outgrow Caffe's
+        column buffer (see there)."""
+        if self._wino is None:
+            return
+        m = 4
+        if self._low_memory:
+            cols = self.channels * 9 * int(np.prod(self.col_shape)) * self.num
+            if 4 * self.blobs[0].count > cols:
+                m = 2
+        if self._wino.m != m:
+            self._wino = Winograd3x3(m, self.pad, self.dtype,
                                      groups=self.group)
 
     def _run(self, tasks):

@@ -3,21 +3,28 @@
 Mirrors: src/caffe/layers/pooling_layer.cpp (and pooling_layer.cu for
 STOCHASTIC), spp_layer.cpp, crop_layer.cpp.
 
-Pooling works on a padded copy of the batch (-inf or 0 outside the image)
-through strided slices: window offset (i, j) of every output is the slice
-``xp[:, :, i::sh, j::sw]``.  The kernel loop runs over the kh*kw offsets,
-each step vectorised over the whole batch, channels and outputs; measured on
-this machine that is 3-10x faster than reducing a 6-D ``as_strided`` window
-view (whose innermost loop is only kw long) or copying the windows out for
-``argmax``.  MAX keeps a window-local int8 argmax (branch-free updates, one
-strided pass per offset) and routes gradients with ``np.add.at`` on a flat
-index; its scratch is made once per shape and reused.  Global pooling reduces the
-contiguous (N, C, H*W) array directly.
+MAX and AVE pooling read the bottom through strided slices, one per window
+offset (i, j): ``x[..., i - ph::sh, j - pw::sw]``, clipped to the outputs
+whose tap falls inside the bottom (no padded copy; MAX ignores the padding,
+AVE counts it in the divisor as zeros).  The kernel loop runs over the kh*kw
+offsets, each step vectorised over a block of whole (n, c) planes of about
+BLOCK_BYTES, so the running max and its masks stay in a core's cache; the
+blocks are spread over the threads (protonet/threads.py).  Measured on this
+machine that is 3-10x faster than reducing a 6-D ``as_strided`` window view
+(whose innermost loop is only kw long) or copying the windows out for
+``argmax``.  MAX keeps a window-local int8 argmax (branch-free: the first
+tap equal to the max), not computed in a forward no backward can follow
+(``layer.forward_only``), and routes gradients with ``np.add.at`` on a flat
+index.  Global pooling reduces the contiguous (N, C, H*W) array directly;
+STOCHASTIC works on a padded copy.
 """
+
+from functools import partial
 
 import numpy as np
 
 from .. import rng as _rng
+from .. import threads
 from ..blob import Blob
 from ..errors import LayerError, UnsupportedError
 from ..layer import Layer, register
@@ -25,6 +32,10 @@ from ..proto import caffe_pb2
 
 _PP = caffe_pb2.PoolingParameter
 _FLT_MIN = float(np.finfo(np.float32).tiny)
+# MAX and AVE pooling run block by block of whole (n, c) planes of about
+# this many bottom bytes (the running max, its argmax and the masks stay in
+# a core's cache), the blocks spread over the threads.
+BLOCK_BYTES = 1 << 20
 
 
 def pooled_size(size, kernel, stride, pad, ceil=True):
@@ -151,18 +162,20 @@ class PoolingLayer(Layer):
         for t in top:
             t.reshape((N, C, PH, PW))
         self.out_shape = (PH, PW)
-        # Padded buffer: image at [ph, ph+H) x [pw, pw+W); every window inside.
-        Hp = max(ph + H, (PH - 1) * sh + kh)
-        Wp = max(pw + W, (PW - 1) * sw + kw)
-        self._direct = self.global_pooling or (Hp, Wp) == (H, W)
-        fill = -np.inf if self.pool == _PP.MAX else 0
-        if self._direct:
-            self._xp = self._dxp = None
-        elif getattr(self, "_xp", None) is None or \
-                self._xp.shape != (N, C, Hp, Wp):
-            # Reused across forwards: only the interior is ever rewritten.
-            self._xp = np.full((N, C, Hp, Wp), fill, self.dtype)
-            self._dxp = None
+        # Padded extent: image at [ph, ph+H) x [pw, pw+W); every window
+        # inside (STOCHASTIC works on such a copy; MAX and AVE use _taps).
+        self._padded_shape = (N, C, max(ph + H, (PH - 1) * sh + kh),
+                              max(pw + W, (PW - 1) * sw + kw))
+        self._direct = self.global_pooling or \
+            self._padded_shape[2:] == (H, W)
+        if getattr(self, "_xp", None) is not None and \
+                self._xp.shape != self._padded_shape:
+            self._xp = None
+        self._taps = self._clipped_taps(H, W)
+        # Blocks of whole (n, c) planes, about BLOCK_BYTES of bottom each.
+        planes = max(1, BLOCK_BYTES // max(1, H * W * self.dtype.itemsize))
+        self._blocks = [slice(a, min(a + planes, N * C))
+                        for a in range(0, N * C, planes)]
         # AVE divisor: the window clipped to H+pad (padding cells count).
         hs = np.arange(PH) * sh - ph
         ws = np.arange(PW) * sw - pw
@@ -172,29 +185,72 @@ class PoolingLayer(Layer):
         self._pool_size = np.outer(size_h, size_w).astype(self.dtype)
         self._idx = None
         if (N, C, H, W) != self._argkey:  # argmax scratch: made on first use
-            self._argkey, self._fwdbuf, self._bwdbuf = (N, C, H, W), None, None
+            self._argkey, self._scratch, self._bwdbuf = (N, C, H, W), {}, None
+
+    def _clipped_taps(self, H, W):
+        """(k, out, inp) per window offset k = i*kw + j: the outputs whose
+        tap (i, j) falls inside the bottom, and those bottom cells, as index
+        tuples of (planes, rows, cols) arrays.  Taps in the padding are
+        never read (MAX ignores them, AVE counts them as zeros)."""
+        def ranges(i, n_out, size, s, p):
+            lo = max(0, -(-(p - i) // s))
+            hi = min(n_out - 1, (size - 1 + p - i) // s)
+            if lo > hi:
+                return None
+            return slice(lo, hi + 1), slice(lo * s + i - p,
+                                            hi * s + i - p + 1, s)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.pad
+        PH, PW = self.out_shape
+        taps = []
+        for i in range(kh):
+            r = ranges(i, PH, H, sh, ph)
+            for j in range(kw):
+                c = ranges(j, PW, W, sw, pw)
+                if r and c:
+                    taps.append((i * kw + j, (Ellipsis, r[0], c[0]),
+                                 (Ellipsis, r[1], c[1])))
+        return taps
+
+    def _block_scratch(self, name, worker, shape, dtype):
+        key = (name, worker, shape)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.empty(shape, dtype)
+        return buf
+
+    def _padded_block(self, worker, xb, fill):
+        """A block of planes in a padded buffer whose border is `fill`
+        (one per worker, border written once; interior rewritten here), so
+        that every window offset is a full strided slice."""
+        if self._direct:
+            return xb
+        shape = (self._blocks[0].stop,) + self._padded_shape[2:]
+        key = ("pad", fill, worker, shape)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.full(shape, fill, self.dtype)
+        (ph, pw), (H, W) = self.pad, xb.shape[1:]
+        buf = buf[:len(xb)]
+        buf[:, ph:ph + H, pw:pw + W] = xb
+        return buf
+
+    def _over_blocks(self, fn, *arrays):
+        """fn(worker, *blocks) for every block of (n, c) planes of the
+        (N, C, h, w) `arrays`, spread over the threads (protonet/threads.py;
+        NumPy's loops release the GIL)."""
+        flat = [a.reshape((-1,) + a.shape[2:]) for a in arrays]
+        threads.run([partial(lambda s, w: fn(w, *(a[s] for a in flat)), s)
+                     for s in self._blocks])
 
     def release_buffers(self):
-        """Drop the padded copies and argmax indices (the net's
+        """Drop the padded copy, argmax indices and scratch (the net's
         ``memory="inference"`` mode calls this after forward)."""
-        self._xp = self._dxp = None
+        self._xp = None
         self._idx = self._idx_flat = self._win = None
-        self._argkey = self._fwdbuf = self._bwdbuf = None
+        self._argkey = self._bwdbuf = None
+        self._scratch = {}
 
     # -- helpers ---------------------------------------------------------------
-    def _forward_buffers(self):
-        """(idx, changed, tmp, prev): the window-local argmax (int8 up to
-        11x11 kernels), a comparison mask, a product and the previous running
-        max.  Made on the first forward after a reshape, then reused (not in
-        reshape: a net's setup would hold every layer's at once)."""
-        if self._fwdbuf is None:
-            kh, kw = self.kernel
-            out = self._argkey[:2] + self.out_shape
-            small = np.int8 if kh * kw <= 127 else np.int32
-            self._fwdbuf = (np.empty(out, small), np.empty(out, bool),
-                            np.empty(out, small), np.empty(out, self.dtype))
-        return self._fwdbuf
-
     def _backward_buffers(self):
         """(base, table, gidx): flat bottom index of every window's first cell
         and of every window offset, and room for their sum.  Made on the first
@@ -213,17 +269,21 @@ class PoolingLayer(Layer):
     def _padded(self, x):
         if self._direct:
             return x
+        if self._xp is None:
+            # Reused across forwards: only the interior is ever rewritten.
+            self._xp = np.zeros(self._padded_shape, self.dtype)
         ph, pw = self.pad
         H, W = x.shape[2:]
         self._xp[:, :, ph:ph + H, pw:pw + W] = x
         return self._xp
 
     def _offsets(self, buf):
-        """(offset number, strided slice of `buf`) for every window offset."""
+        """(offset number, strided slice of the padded `buf`, (..., Hp, Wp))
+        for every window offset."""
         (kh, kw), (sh, sw), (PH, PW) = self.kernel, self.stride, self.out_shape
         for i in range(kh):
             for j in range(kw):
-                yield i * kw + j, buf[:, :, i:i + (PH - 1) * sh + 1:sh,
+                yield i * kw + j, buf[..., i:i + (PH - 1) * sh + 1:sh,
                                       j:j + (PW - 1) * sw + 1:sw]
 
     def _flat_index(self, idx):
@@ -250,20 +310,11 @@ class PoolingLayer(Layer):
             np.add.at(dx.reshape(-1), gidx.reshape(-1), dy.reshape(-1))
 
     def _spread(self, values, dx):
-        """dx = sum over windows of values(offset) (each (N, C, PH, PW))."""
-        if self._direct:
-            buf = dx
-        else:
-            if self._dxp is None:
-                self._dxp = np.zeros_like(self._xp)
-            buf = self._dxp
-        buf[...] = 0
-        for k, sl in self._offsets(buf):
-            sl += values(k)
-        if buf is not dx:
-            ph, pw = self.pad
-            H, W = dx.shape[2:]
-            dx[...] = buf[:, :, ph:ph + H, pw:pw + W]
+        """dx = sum over window offsets k of values(k) (each (N, C, PH,
+        PW)) added to the bottom cells tap k reads."""
+        dx[...] = 0
+        for k, out, inp in self._taps:
+            dx[inp] += values(k)[out]
 
     # -- forward -----------------------------------------------------------------
     def forward(self, bottom, top):
@@ -288,21 +339,35 @@ class PoolingLayer(Layer):
                 top[1].data[...] = self._idx_flat
             return
         # NOTE(caffe): a cell replaces the running max only when strictly
-        # greater, so ties go to the first maximum in window order.  Offsets
-        # come in increasing order, so idx = max(idx, k * changed); all
-        # branch-free (masked copies are 10x slower on random masks) and one
-        # strided pass per offset.
-        idx, changed, tmp, prev = self._forward_buffers()
-        offsets = self._offsets(self._padded(x))
-        np.copyto(y, next(offsets)[1])
-        idx[...] = 0
-        for k, sl in offsets:
-            np.copyto(prev, y)
-            np.maximum(y, sl, out=y)
-            np.not_equal(y, prev, out=changed)
-            # bool * Python int goes through int64 (20x slower than this).
-            np.multiply(changed.view(np.int8), tmp.dtype.type(k), out=tmp)
-            np.maximum(idx, tmp, out=idx)
+        # greater, so ties go to the first maximum in window order (and NaN
+        # never wins: fmax).  The argmax, for backward and the mask top, is
+        # the first tap equal to the max: idx = K - max_k (K - k)[x_k == y],
+        # branch-free on int8 (masked copies are 10x slower on random masks).
+        # Block by block of planes, so the running values stay in cache.
+        K = self.kernel[0] * self.kernel[1]
+        want_idx = not self.forward_only or len(top) > 1
+        idx = np.empty(y.shape, np.int8 if K <= 127 else np.int32) \
+            if want_idx else None
+
+        def block(worker, xb, yb, *ib):
+            taps = list(self._offsets(self._padded_block(worker, xb,
+                                                         -np.inf)))
+            np.copyto(yb, taps[0][1])
+            for _, sl in taps[1:]:
+                np.fmax(yb, sl, out=yb)
+            if not ib:
+                return
+            code, = ib
+            mask = self._block_scratch("mask", worker, yb.shape, bool)
+            tmp = self._block_scratch("tmp", worker, yb.shape, code.dtype)
+            code.fill(0)
+            for k, sl in taps:
+                np.equal(sl, yb, out=mask)
+                np.multiply(mask.view(np.int8), code.dtype.type(K - k),
+                            out=tmp)
+                np.maximum(code, tmp, out=code)
+            np.subtract(code.dtype.type(K), code, out=code)
+        self._over_blocks(block, x, y, *(() if idx is None else (idx,)))
         self._idx = idx
         if len(top) > 1:
             top[1].data[...] = self._flat_index(idx)
@@ -312,10 +377,14 @@ class PoolingLayer(Layer):
             N, C = x.shape[:2]
             np.mean(x.reshape(N, C, -1), axis=2, out=y.reshape(N, C))
             return
-        y[...] = 0
-        for _, sl in self._offsets(self._padded(x)):
-            y += sl
-        y /= self._pool_size
+
+        def block(worker, xb, yb):
+            taps = self._offsets(self._padded_block(worker, xb, 0))
+            np.copyto(yb, next(taps)[1])
+            for _, sl in taps:
+                yb += sl
+            yb /= self._pool_size
+        self._over_blocks(block, x, y)
 
     def _windows(self, x):
         """(N, C, PH, PW, kh*kw) copy of every window (STOCHASTIC only)."""
