@@ -9,6 +9,7 @@ A 0-axis (scalar) operand always uses axis 0, whatever `axis` says.
 
 import numpy as np
 
+from .. import threads
 from ..errors import LayerError
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -169,12 +170,22 @@ class ScaleLayer(Layer):
                 self.saved_bottom = np.empty_like(x)
             self.saved_bottom[...] = x
         y = top[0].data.reshape(outer, D, inner)
-        np.multiply(x.reshape(outer, D, inner),
-                    self._scale(bottom).data.reshape(1, D, 1), out=y)
+        x3 = x.reshape(outer, D, inner)
+        scale = self._scale(bottom).data.reshape(1, D, 1)
+        bias = None
         if self.bias_index is not None:
             bo, bD, bi = self.bias_dims
-            y = top[0].data.reshape(bo, bD, bi)
-            y += self.blobs[self.bias_index].data.reshape(1, bD, 1)
+            yb = top[0].data.reshape(bo, bD, bi)
+            bias = self.blobs[self.bias_index].data.reshape(1, bD, 1)
+        if bias is not None and (bo, bD, bi) == (outer, D, inner):
+            def part(s):  # y = x * scale + bias, outer rows over threads
+                np.multiply(x3[s], scale, out=y[s])
+                y[s] += bias
+            threads.over_rows(outer, part, x.size)
+            return
+        np.multiply(x3, scale, out=y)
+        if bias is not None:
+            yb += bias
 
     def backward(self, top, propagate_down, bottom):
         outer, D, inner = self.dims

@@ -3,6 +3,7 @@ softmax, arg-max, reductions and free parameters."""
 
 import numpy as np
 
+from .. import threads
 from ..errors import LayerError
 from ..layer import Layer, register
 from ..ops import softmax
@@ -280,12 +281,19 @@ class EltwiseLayer(Layer):
             c0 = self.dtype.type(self.coeffs[0])
             if any(np.shares_memory(x, y) for x in xs[1:]):
                 acc = xs[0] * c0  # a later bottom is the top: sum aside
-            else:
-                acc = np.multiply(xs[0], c0, out=y)  # sum in the top
-            for c, x in zip(self.coeffs[1:], xs[1:]):
-                acc += x if c == 1 else x * self.dtype.type(c)
-            if acc is not y:
+                for c, x in zip(self.coeffs[1:], xs[1:]):
+                    acc += x if c == 1 else x * self.dtype.type(c)
                 np.copyto(y, acc)
+                return
+            flat = [x.reshape(len(x), -1) if x.ndim else x.reshape(1, 1)
+                    for x in xs]
+            yf = y.reshape(flat[0].shape)
+
+            def part(s):  # sum in the top, rows over threads
+                np.multiply(flat[0][s], c0, out=yf[s])
+                for c, x in zip(self.coeffs[1:], flat[1:]):
+                    yf[s] += x[s] if c == 1 else x[s] * self.dtype.type(c)
+            threads.over_rows(len(yf), part, y.size)
         else:
             idx = self.max_idx
             first = xs[0] > xs[1]

@@ -663,7 +663,11 @@ class _BaseConvolutionLayer(Layer):
     def _bias_forward(self, top):
         if self.bias_term:
             t = top.data.reshape(self.num, self.num_output, -1)
-            t += self.blobs[1].data[:, None]
+            b = self.blobs[1].data[:, None]
+
+            def add(s):
+                t[s] += b
+            threads.over_rows(self.num, add, t.size)
 
     def _bias_backward(self, top):
         if self.bias_term and self.param_propagate_down[1]:

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from .. import rng as _rng
+from .. import threads
 from ..errors import LayerError, UnsupportedError
 from ..layer import NeuronLayer, register
 from ..proto import caffe_pb2
@@ -90,7 +91,9 @@ class ReLULayer(_Neuron):
     def forward(self, bottom, top):
         x, y, slope = bottom[0].data, top[0].data, self.negative_slope
         if slope == 0:
-            np.maximum(x, 0, out=y)
+            xf, yf = x.reshape(-1), y.reshape(-1)
+            threads.over_rows(xf.size, lambda s: np.maximum(
+                xf[s], 0, out=yf[s]), xf.size)
             return
         buf = self._buffer("buf", x)
         if top[0] is bottom[0] and slope < 0:
@@ -109,7 +112,9 @@ class ReLULayer(_Neuron):
         x, dx, dy = bottom[0].data, bottom[0].diff, top[0].diff
         slope = self.negative_slope
         if slope == 0:
-            np.multiply(dy, x > 0, out=dx)
+            xf, dxf, dyf = x.reshape(-1), dx.reshape(-1), dy.reshape(-1)
+            threads.over_rows(xf.size, lambda s: np.multiply(
+                dyf[s], xf[s] > 0, out=dxf[s]), xf.size)
             return
         factor = self._buffer("buf", x)
         if top[0] is bottom[0] and slope < 0:

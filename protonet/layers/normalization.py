@@ -117,9 +117,13 @@ class BatchNormLayer(Layer):
             # y = x * (1/std) - mean/std: two passes, in place, nothing kept
             # (the backward is dy / std).  Rounds within 1 ulp of Caffe's
             # (x - mean) / std.
-            inv = (1 / std).astype(self.dtype)
-            np.multiply(x, inv[None, :, None], out=y)
-            y -= (mean * inv)[None, :, None]
+            inv = (1 / std).astype(self.dtype)[None, :, None]
+            shift = (mean[None, :, None] * inv)
+
+            def part(s):
+                np.multiply(x[s], inv, out=y[s])
+                y[s] -= shift
+            threads.over_rows(len(x), part, x.size)
             self.x_norm = None
             return
         np.subtract(x, mean[None, :, None], out=y)
