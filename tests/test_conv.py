@@ -73,6 +73,24 @@ def run(text, x, dtype=np.float64, **kw):
     return layer, bottom, top
 
 
+def forward_backward_twice(text, x, params, modulus=7):
+    """Make the layer, load `params` (a list, filled from the layer when
+    empty), forward, and backward twice (weight diffs accumulate) with a
+    fixed top diff; returns (layer, (top, bottom diff, weight diff))."""
+    layer, bottom, top = make_layer(text, [x])
+    if not params:
+        params.extend(b.data.copy() for b in layer.blobs)
+    for blob, arr in zip(layer.blobs, params):
+        blob.data[...] = arr
+    layer.forward(bottom, top)
+    top[0].diff[...] = np.arange(top[0].count).reshape(top[0].shape) % modulus
+    bottom[0].diff[...] = np.nan  # every element must be assigned
+    layer.backward(top, [True], bottom)
+    layer.backward(top, [True], bottom)
+    return layer, (top[0].data.copy(), bottom[0].diff.copy(),
+                   layer.blobs[0].diff.copy())
+
+
 GRID = [  # (C, H, W, num_output, kernel, stride, pad, dilation, group)
     (3, 6, 6, 4, (3, 3), (1, 1), (0, 0), (1, 1), 1),
     (3, 7, 7, 4, (3, 3), (2, 2), (1, 1), (1, 1), 1),
@@ -365,21 +383,13 @@ def test_channels_last_path_matches_classic(monkeypatch, shape, extra):
     gradient and accumulated weight gradient as the classic im2col path."""
     rng = np.random.default_rng(10)
     x = rng.standard_normal(shape)
-    results = []
+    results, params = [], []
     for min_channels, used in ((1 << 30, False), (1, True)):
         monkeypatch.setattr(conv_module, "NHWC_MIN_CHANNELS", min_channels)
-        layer, bottom, top = make_layer(conv_text("Convolution", 5, extra), [x])
+        layer, out = forward_backward_twice(conv_text("Convolution", 5, extra),
+                                            x, params)
         assert layer._nhwc is used
-        if not results:
-            params = [b.data.copy() for b in layer.blobs]
-        for blob, arr in zip(layer.blobs, params):
-            blob.data[...] = arr
-        layer.forward(bottom, top)
-        top[0].diff[...] = np.arange(top[0].count).reshape(top[0].shape) % 7
-        layer.backward(top, [True], bottom)
-        layer.backward(top, [True], bottom)  # weight diff accumulates
-        results.append((top[0].data.copy(), bottom[0].diff.copy(),
-                        layer.blobs[0].diff.copy()))
+        results.append(out)
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
@@ -402,24 +412,16 @@ def test_threaded_paths_match_serial(monkeypatch, kind, shape, extra, batch,
     rng = np.random.default_rng(11)
     x = rng.standard_normal((batch,) + shape[1:])
     monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", budget)
-    results = []
+    results, params = [], []
     for threads_, min_bytes, nhwc in (("1", 1 << 60, 1 << 30), ("2", 0, 1),
                                       ("2", 0, 1 << 30)):
         monkeypatch.setenv("PROTONET_THREADS", threads_)
         monkeypatch.setattr(conv_module, "PARALLEL_MIN_BYTES", min_bytes)
         monkeypatch.setattr(conv_module, "NHWC_MIN_CHANNELS", nhwc)
-        layer, bottom, top = make_layer(conv_text(kind, 4, extra), [x])
+        layer, out = forward_backward_twice(conv_text(kind, 4, extra), x,
+                                            params, modulus=5)
         assert layer._parallel is (min_bytes == 0 and not layer.is_1x1)
-        if not results:
-            params = [b.data.copy() for b in layer.blobs]
-        for blob, arr in zip(layer.blobs, params):
-            blob.data[...] = arr
-        layer.forward(bottom, top)
-        top[0].diff[...] = np.arange(top[0].count).reshape(top[0].shape) % 5
-        layer.backward(top, [True], bottom)
-        layer.backward(top, [True], bottom)  # weight diff accumulates
-        results.append((top[0].data.copy(), bottom[0].diff.copy(),
-                        layer.blobs[0].diff.copy()))
+        results.append(out)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
@@ -467,23 +469,14 @@ def test_channel_major_1x1_matches_per_image_path(monkeypatch, kind, shape,
     rng = np.random.default_rng(14)
     x = rng.standard_normal(shape)
     monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", budget)
-    results = []
+    results, params = [], []
     for limit, used in ((0, False), (1 << 20, True)):
         monkeypatch.setattr(conv_module, "CHANNEL_MAJOR_MAX_POSITIONS", limit)
-        layer, bottom, top = make_layer(conv_text(kind, 6, extra), [x])
+        layer, out = forward_backward_twice(conv_text(kind, 6, extra), x,
+                                            params)
         assert layer._cm is used
         if used:
             assert layer.chunk == (1 if budget == 1 else shape[0])
-        if not results:
-            params = [b.data.copy() for b in layer.blobs]
-        for blob, arr in zip(layer.blobs, params):
-            blob.data[...] = arr
-        layer.forward(bottom, top)
-        top[0].diff[...] = np.arange(top[0].count).reshape(top[0].shape) % 7
-        bottom[0].diff[...] = np.nan  # every element must be assigned
-        layer.backward(top, [True], bottom)
-        layer.backward(top, [True], bottom)
-        results.append((top[0].data.copy(), bottom[0].diff.copy(),
-                        layer.blobs[0].diff.copy()))
+        results.append(out)
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)

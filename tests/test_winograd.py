@@ -132,6 +132,16 @@ def conv_text(num_output, extra=""):
             f'bias_filler {{ type: "gaussian" std: 0.5 }} }}')
 
 
+def assert_close_for(dtype, got, ref):
+    """float64: exact to 1e-12 of max|ref|; float32: the golden tolerance."""
+    if dtype == np.float64:
+        np.testing.assert_allclose(got, ref, rtol=0,
+                                   atol=1e-12 * np.abs(ref).max())
+    else:
+        ok, worst = golden_close(got, ref)
+        assert ok, worst
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_layer_uses_winograd_and_matches_gemm_path(dtype):
     rng = np.random.default_rng(11)
@@ -144,12 +154,7 @@ def test_layer_uses_winograd_and_matches_gemm_path(dtype):
     got = top[0].data.copy()
     ref = direct_conv(x.astype(dtype), layer.blobs[0].data, (1, 1)) + \
         layer.blobs[1].data.astype(np.float64)[:, None, None]
-    if dtype == np.float64:
-        np.testing.assert_allclose(got, ref, rtol=0,
-                                   atol=1e-12 * np.abs(ref).max())
-    else:
-        ok, worst = golden_close(got, ref)
-        assert ok, worst
+    assert_close_for(dtype, got, ref)
     # The input gradient runs Winograd too (the flipped kernel, pad
     # 2 - pad); the weight gradient keeps the GEMM path.
     assert layer._use_wino_dx
@@ -162,13 +167,7 @@ def test_layer_uses_winograd_and_matches_gemm_path(dtype):
     assert ok, worst
     layer.blobs[0].diff[...] = 0
     layer.backward(top, [True], bottom)
-    ref_dx = bottom[0].diff.astype(np.float64)
-    if dtype == np.float64:
-        np.testing.assert_allclose(dx, ref_dx, rtol=0,
-                                   atol=1e-12 * np.abs(ref_dx).max())
-    else:
-        ok, worst = golden_close(dx, ref_dx)
-        assert ok, worst
+    assert_close_for(dtype, dx, bottom[0].diff.astype(np.float64))
     np.testing.assert_array_equal(dW, layer.blobs[0].diff)
 
 

@@ -627,29 +627,30 @@ class _BaseConvolutionLayer(Layer):
         nb = s.stop - s.start
         out[s] = np.moveaxis(t.reshape((-1, nb) + self.col_shape), 0, 1)
 
-    def _img_to_col_cm(self, img, col):
-        W = self._weights(self.blobs[0].data)
-        x = self._cm_sites(self._img(img))
-        col = col.reshape((self.num, self.col_channels) + self.col_shape)
+    def _cm_gemm(self, W, src, src_name, dst, dst_name):
+        """dst[s] = W @ src[s] chunk by chunk, both sides as channel-major
+        copies ((num, rows, *col_shape) arrays; W is (G, dst rows/G, src
+        rows/G))."""
         for s in self._chunks():
-            xt = self._cm_copy("cm_img", x, s)
-            yt = self._cm_buf("cm_col", self.col_channels, s)
-            np.matmul(W, xt, out=yt)
-            self._cm_scatter(yt, col, s)
+            t = self._cm_copy(src_name, src, s)
+            out = self._cm_buf(dst_name, dst.shape[1], s)
+            np.matmul(W, t, out=out)
+            self._cm_scatter(out, dst, s)
+
+    def _img_to_col_cm(self, img, col):
+        self._cm_gemm(self._weights(self.blobs[0].data),
+                      self._cm_sites(self._img(img)), "cm_img",
+                      col.reshape((self.num, self.col_channels)
+                                  + self.col_shape), "cm_col")
 
     def _col_to_img_cm(self, col, img):
-        Wt = self._weights(self.blobs[0].data).transpose(0, 2, 1)
-        col = col.reshape((self.num, self.col_channels) + self.col_shape)
         img = self._img(img)
-        strided = any(t > 1 for t in self.stride)
-        if strided:
+        if any(t > 1 for t in self.stride):
             img[...] = 0  # pixels no output reads get no gradient
-        sites = self._cm_sites(img)
-        for s in self._chunks():
-            dyt = self._cm_copy("cm_col", col, s)
-            dxt = self._cm_buf("cm_img", self.img_channels, s)
-            np.matmul(Wt, dyt, out=dxt)
-            self._cm_scatter(dxt, sites, s)
+        self._cm_gemm(self._weights(self.blobs[0].data).transpose(0, 2, 1),
+                      col.reshape((self.num, self.col_channels)
+                                  + self.col_shape), "cm_col",
+                      self._cm_sites(img), "cm_img")
 
     def _weight_grad_cm(self, img, col):
         dW = self._weights(self.blobs[0].diff)
