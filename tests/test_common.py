@@ -238,6 +238,16 @@ def test_eltwise_forward_by_hand():
     np.testing.assert_allclose(t[0].data, [2, 4, 3])
 
 
+@pytest.mark.parametrize("shape", [(0,), (2, 0, 3), (0, 4)])
+@pytest.mark.parametrize("op", ["SUM", "PROD", "MAX"])
+def test_eltwise_on_empty_blobs(shape, op):
+    # Found by the generated-nets fuzz test: SUM split an empty blob into
+    # rows with reshape(len, -1), which NumPy cannot infer for size 0.
+    x = np.zeros(shape)
+    _, _, t = forward(eltwise(2, f"operation: {op}"), [x, x])
+    assert t[0].data.shape == shape
+
+
 def test_eltwise_max_ties_follow_caffe():
     # Ties between bottoms 0 and 1 go to bottom 1; later bottoms must be
     # strictly greater to win.

@@ -27,6 +27,9 @@ class SplitLayer(Layer):
     exact_num_bottom = 1
     min_top = 1
 
+    def batch_separable(self, bottom):
+        return True  # split views re-share the bottom's slice
+
     def reshape(self, bottom, top):
         for t in top:
             if t is not bottom[0]:
@@ -190,6 +193,9 @@ class SoftmaxLayer(Layer):
     exact_num_bottom = 1
     exact_num_top = 1
 
+    def batch_separable(self, bottom):
+        return self.axis >= 1
+
     def reshape(self, bottom, top):
         self.axis = self.canonical_axis(bottom[0], self.param.softmax_param.axis,
                                         "softmax_param.axis")
@@ -256,6 +262,9 @@ class EltwiseLayer(Layer):
         self.stable_prod_grad = p.stable_prod_grad
         self.max_idx = None
 
+    def batch_separable(self, bottom):
+        return True
+
     def reshape(self, bottom, top):
         shape = bottom[0].shape
         for i, b in enumerate(bottom[1:], 1):
@@ -285,7 +294,8 @@ class EltwiseLayer(Layer):
                     acc += x if c == 1 else x * self.dtype.type(c)
                 np.copyto(y, acc)
                 return
-            flat = [x.reshape(len(x), -1) if x.ndim else x.reshape(1, 1)
+            rows = len(y) if y.ndim else 1
+            flat = [x.reshape(rows, x.size // rows if rows else 0)
                     for x in xs]
             yf = y.reshape(flat[0].shape)
 
