@@ -303,17 +303,15 @@ def cmd_time(a):
     t_total = clock()
     for j in range(a.iterations):
         t_iter = clock()
-        for i, layer in enumerate(net.layers):
+        for i in range(n_layers):
             t = clock()
-            layer.reshape(net.bottom_vecs[i], net.top_vecs[i])
-            layer.forward(net.bottom_vecs[i], net.top_vecs[i])
+            net.forward_layer(i)
             fwd[i] += clock() - t
         for i in reversed(range(n_layers)):
             if not net.layer_need_backward[i]:
                 continue
             t = clock()
-            net.layers[i].backward(net.top_vecs[i], net.bottom_need_backward[i],
-                                   net.bottom_vecs[i])
+            net.backward_layer(i)
             bwd[i] += clock() - t
         caffelog.info(f"Iteration: {j + 1} forward-backward time: "
                       f"{caffelog.format_number((clock() - t_iter) * 1e3)} ms.",

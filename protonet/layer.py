@@ -128,6 +128,14 @@ class Layer:
     def allow_force_backward(self, bottom_index):
         return self.force_backward_ok
 
+    def batch_separable(self, bottom):
+        """True when image n of every top (and of every bottom diff)
+        depends on image n of the bottoms alone, without random numbers, and
+        every bottom and top has the batch on axis 0: the net may then run
+        this layer as clones on slices of the batch (protonet/batch_split.py).
+        Called after `reshape`.  Default: False."""
+        return False
+
     # -- framework --------------------------------------------------------
     def set_up(self, bottom, top):
         self.check_blob_counts(bottom, top)

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import io as _io
 from . import limits as _limits
+from .batch_split import BatchSplitter
 from .blob import Blob
 from .errors import (LayerError, NetError, ProtonetError, ResourceError,
                      WeightsError)
@@ -112,6 +113,9 @@ class Net(PycaffeNetMixin):
         self.memory = memory
         self._released = set()
         self._forward_only = set()  # layers whose last forward was release
+        # Batch-separable layers run as clones on slices of the batch.
+        self._splitter = BatchSplitter(self)
+        self._split_at = {}  # layer index -> slices of its last forward
         with _limits.limit(max_memory):
             self._init(param)
         if weights:
@@ -415,30 +419,59 @@ class Net(PycaffeNetMixin):
             release = self.memory == "inference"
         plan = self.release_plan(start, end, keep) if release else {}
         loss = 0.0
-        for i in range(start, end + 1):
-            layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
-            if self._released:
-                self._restore(self.top_ids[i])
-            for callback in self._callbacks["before_forward"]:
-                callback(i)
-            layer.reshape(bottom, top)
-            layer.forward_only = release
-            try:
-                layer.forward(bottom, top)
-            finally:
-                layer.forward_only = False
-            (self._forward_only.add if release else
-             self._forward_only.discard)(i)
-            if any(layer.loss_weights):
-                loss += layer.loss(top)
-            for callback in self._callbacks["after_forward"]:
-                callback(i)
-            if release:
-                self._release(plan.get(i, ()))
-                drop = getattr(layer, "release_buffers", None)
-                if drop is not None:
-                    drop()
+        hooks = self._callbacks["before_forward"] or \
+            self._callbacks["after_forward"]
+        i = start
+        while i <= end:
+            # A run of batch-separable layers goes through the cores slice
+            # by slice (protonet/batch_split.py); hooks see layers one by one.
+            count, split = (0, False) if hooks else \
+                self._splitter.forward_run(i, end, release)
+            for j in range(i, i + max(count, 1)):
+                layer, top = self.layers[j], self.top_vecs[j]
+                if not split:
+                    if self._released:
+                        self._restore(self.top_ids[j])
+                    for callback in self._callbacks["before_forward"]:
+                        callback(j)
+                    self.forward_layer(j, release)
+                (self._forward_only.add if release else
+                 self._forward_only.discard)(j)
+                if any(layer.loss_weights):
+                    loss += layer.loss(top)
+                for callback in self._callbacks["after_forward"]:
+                    callback(j)
+                if release:
+                    self._release(plan.get(j, ()))
+                    drop = getattr(layer, "release_buffers", None)
+                    if drop is not None:
+                        drop()
+            i += max(count, 1)
         return loss
+
+    def forward_layer(self, i, release=False):
+        """Reshape and forward layer `i` alone, whole (no callbacks, no
+        release).  With `release`, the layer may skip what only its
+        backward needs."""
+        layer, bottom, top = self.layers[i], self.bottom_vecs[i], self.top_vecs[i]
+        layer.reshape(bottom, top)
+        self._split_at[i] = None
+        layer.forward_only = release
+        try:
+            layer.forward(bottom, top)
+        finally:
+            layer.forward_only = False
+
+    def backward_layer(self, i):
+        """Backward of layer `i` alone (by its clones if its forward ran
+        split over the batch)."""
+        slices = self._split_at.get(i)
+        if slices is not None:
+            self._splitter.backward([i], slices)
+        else:
+            self.layers[i].backward(self.top_vecs[i],
+                                    self.bottom_need_backward[i],
+                                    self.bottom_vecs[i])
 
     # -- inference memory -------------------------------------------------
     def release_plan(self, start=0, end=None, keep=()):
@@ -500,15 +533,21 @@ class Net(PycaffeNetMixin):
                            f"backward (memory='inference'), in layers "
                            f"{', '.join(skipped[:5])}: run "
                            f"forward_from_to(release=False) first")
-        for i in range(start, end - 1, -1):
+        hooks = self._callbacks["before_backward"] or \
+            self._callbacks["after_backward"]
+        i = start
+        while i >= end:
+            count = 0 if hooks else self._splitter.backward_run(i, end)
+            if count:
+                i -= count
+                continue
             for callback in self._callbacks["before_backward"]:
                 callback(i)
             if self.layer_need_backward[i]:
-                self.layers[i].backward(self.top_vecs[i],
-                                        self.bottom_need_backward[i],
-                                        self.bottom_vecs[i])
+                self.backward_layer(i)
             for callback in self._callbacks["after_backward"]:
                 callback(i)
+            i -= 1
 
     # pycaffe's hooks (Net::before_forward_ ...): callables of the layer index.
     def before_forward(self, callback):

@@ -76,6 +76,11 @@ class BiasLayer(Layer):
                                    "bias_param")
             self.add_param_blob(shape, p.filler if p.HasField("filler") else None)
 
+    def batch_separable(self, bottom):
+        # A learned bias broadcast over the batch axis (outer spans it).
+        return len(bottom) == 1 and (self.blobs[0].count == 1 or
+                                     self.dims[0] >= bottom[0].shape[0])
+
     def reshape(self, bottom, top):
         b = bottom[1] if len(bottom) > 1 else self.blobs[0]
         self.dims = _broadcast_dims(self, bottom[0], b.shape,
@@ -151,6 +156,11 @@ class ScaleLayer(Layer):
 
     def _scale(self, bottom):
         return bottom[1] if len(bottom) > 1 else self.blobs[0]
+
+    def batch_separable(self, bottom):
+        # A learned scale broadcast over the batch axis (outer spans it).
+        return len(bottom) == 1 and (self.blobs[0].count == 1 or
+                                     self.dims[0] >= bottom[0].shape[0])
 
     def reshape(self, bottom, top):
         axis = self.param.scale_param.axis

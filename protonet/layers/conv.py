@@ -339,6 +339,9 @@ class _BaseConvolutionLayer(Layer):
             self._wino = Winograd3x3(m, self.pad, self.dtype,
                                      groups=self.group)
 
+    def batch_separable(self, bottom):
+        return self.channel_axis >= 1
+
     def _run(self, tasks):
         return threads.run(tasks, self._parallel)
 

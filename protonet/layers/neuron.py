@@ -36,6 +36,9 @@ class _Neuron(NeuronLayer):
             self._bufs[key] = buf
         return buf
 
+    def batch_separable(self, bottom):
+        return True  # elementwise, deterministic (Dropout overrides)
+
     def _save_input(self, bottom, top):
         """In place, copy the input before forward overwrites it."""
         if top[0] is bottom[0]:
@@ -555,6 +558,9 @@ class DropoutLayer(_Neuron):
                              f"[0, 1), got {ratio}")
         self.ratio = ratio
         self.scale = self._const(1.0 / (1.0 - ratio))
+
+    def batch_separable(self, bottom):
+        return False  # one mask drawn for the whole batch
 
     @property
     def train(self):

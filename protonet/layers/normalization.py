@@ -73,6 +73,10 @@ class BatchNormLayer(Layer):
                                  "normalization statistics cannot be learned "
                                  "parameters (use lr_mult 0)")
 
+    def batch_separable(self, bottom):
+        # Batch statistics mix the images; a 1-D bottom is one channel.
+        return self.use_global_stats and bottom[0].num_axes > 1
+
     def reshape(self, bottom, top):
         x = bottom[0]
         if x.num_axes > 1 and x.shape[1] != self.channels:
@@ -287,6 +291,9 @@ class LRNLayer(Layer):
             raise LayerError(self, f"needs a 4-D bottom (num, channels, height, "
                              f"width), got shape {bottom[0].shape}")
         top[0].reshape(bottom[0].shape)
+
+    def batch_separable(self, bottom):
+        return True
 
     def _window(self, a, out=None):
         if self.within:

@@ -78,6 +78,9 @@ class ConcatLayer(Layer):
         else:
             top[0].reshape(shape)
 
+    def batch_separable(self, bottom):
+        return len(bottom) > 1 and self.axis >= 1  # one bottom: a shared view
+
     def forward(self, bottom, top):
         if len(bottom) == 1:
             top[0].share_data(bottom[0])

@@ -138,6 +138,10 @@ class PoolingLayer(Layer):
             return (getattr(p, field + "_h"), getattr(p, field + "_w"))
         return (getattr(p, field),) * 2
 
+    def batch_separable(self, bottom):
+        # STOCHASTIC pooling draws random numbers while training.
+        return self.pool != _PP.STOCHASTIC or self.phase != caffe_pb2.TRAIN
+
     def reshape(self, bottom, top):
         if bottom[0].num_axes != 4:
             raise LayerError(self, f"bottom must have 4 axes (N, C, H, W), got "

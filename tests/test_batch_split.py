@@ -1,0 +1,233 @@
+"""Batch-separable layers run as clones on slices of the batch
+(protonet/batch_split.py): the same numbers as whole layers, forward and
+backward, against real Caffe's blobs too; and the cases that must not
+split."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import protonet
+from caffe_ref import ROOT, assert_close, case_names
+from protonet import batch_split, caffe_pb2, io
+from protonet.errors import NetError
+from protonet.layer import Layer, register
+from protonet.net import Net
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """Two worker threads, every run split however small."""
+    monkeypatch.setenv("PROTONET_THREADS", "2")
+    monkeypatch.setenv("PROTONET_BATCH_SPLIT", "1")
+    monkeypatch.setattr(batch_split, "MIN_ELEMENTS", 0)
+
+
+def _split_layers(net):
+    return [net.layer_names[i] for i, s in net._split_at.items()
+            if s is not None]
+
+
+@pytest.mark.parametrize("name", case_names("nets"))
+def test_split_forward_matches_caffe(name, split):
+    folder = os.path.join(ROOT, "nets", name)
+    arr = np.load(os.path.join(folder, "io.npz"))
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    net = Net(os.path.join(folder, "net.prototxt"),
+              os.path.join(folder, "weights.caffemodel"), protonet.TEST)
+    for n in meta["inputs"]:
+        net.blobs[n].data[...] = arr["blob__" + n]
+    net.forward()
+    assert any(t == "Convolution" for t in (
+        net.layers[net.layer_names.index(n)].type
+        for n in _split_layers(net)))
+    for n in meta["outputs"]:
+        want = arr["blob__" + n]
+        assert_close(net.blobs[n].data, want, f"{name}: {n}", rtol=1e-4,
+                     atol=1e-5 * max(float(np.abs(want).max()), 1e-30))
+
+
+NET = """
+name: 'mix'
+force_backward: true
+layer { name: 'data' type: 'Input' top: 'data'
+        input_param { shape { dim: 5 dim: 6 dim: 9 dim: 9 } } }
+layer { name: 'conv1' type: 'Convolution' bottom: 'data' top: 'conv1'
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1
+          weight_filler { type: 'gaussian' std: 0.3 }
+          bias_filler { type: 'gaussian' std: 0.1 } } }
+layer { name: 'bn' type: 'BatchNorm' bottom: 'conv1' top: 'conv1'
+        batch_norm_param { use_global_stats: true } }
+layer { name: 'scale' type: 'Scale' bottom: 'conv1' top: 'conv1'
+        scale_param { bias_term: true filler { type: 'gaussian' std: 0.5 }
+          bias_filler { type: 'gaussian' std: 0.1 } } }
+layer { name: 'relu' type: 'ReLU' bottom: 'conv1' top: 'conv1' }
+layer { name: 'pool' type: 'Pooling' bottom: 'conv1' top: 'pool'
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: 'lrn' type: 'LRN' bottom: 'pool' top: 'lrn'
+        lrn_param { local_size: 3 } }
+layer { name: 'c2' type: 'Convolution' bottom: 'lrn' top: 'c2'
+        convolution_param { num_output: 8 kernel_size: 1 group: 2
+          weight_filler { type: 'gaussian' std: 0.3 } } }
+layer { name: 'prelu' type: 'PReLU' bottom: 'c2' top: 'c2'
+        prelu_param { filler { type: 'constant' value: 0.2 } } }
+layer { name: 'sum' type: 'Eltwise' bottom: 'lrn' bottom: 'c2' top: 'sum' }
+layer { name: 'cat' type: 'Concat' bottom: 'sum' bottom: 'pool' top: 'cat' }
+layer { name: 'ave' type: 'Pooling' bottom: 'cat' top: 'ave'
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: 'ip' type: 'InnerProduct' bottom: 'ave' top: 'ip'
+        inner_product_param { num_output: 3
+          weight_filler { type: 'gaussian' std: 0.3 } } }
+layer { name: 'sig' type: 'Sigmoid' bottom: 'ip' top: 'out' }
+"""
+
+
+def _run(monkeypatch, mode, text=NET, phase=protonet.TRAIN, passes=1):
+    monkeypatch.setenv("PROTONET_BATCH_SPLIT", mode)
+    protonet.set_random_seed(3)
+    net = Net(io.parse_net_text(text), phase=phase, dtype=np.float64)
+    bn = net.params.get("bn")
+    if bn is not None:
+        bn[0].data[...] = np.linspace(-1, 1, 8)
+        bn[1].data[...] = np.linspace(0.5, 2, 8)
+        bn[2].data[...] = 1
+    net.blobs["data"].data[...] = np.random.RandomState(1).randn(
+        *net.blobs["data"].shape)
+    for _ in range(passes):
+        net.forward()
+        net.blobs["out"].diff[...] = np.random.RandomState(2).randn(
+            *net.blobs["out"].shape)
+        net.backward()
+    return net
+
+
+def _compare(a, b):
+    for name in a.blobs:
+        np.testing.assert_allclose(b.blobs[name].data, a.blobs[name].data,
+                                   rtol=1e-12, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(b.blobs[name].diff, a.blobs[name].diff,
+                                   rtol=1e-12, atol=1e-12, err_msg=name)
+    for name in a.params:
+        for j, (pa, pb) in enumerate(zip(a.params[name], b.params[name])):
+            np.testing.assert_allclose(pb.diff, pa.diff, rtol=1e-11,
+                                       atol=1e-12, err_msg=f"{name}[{j}]")
+
+
+@pytest.mark.parametrize("passes", [1, 2])  # 2: param diffs accumulate
+def test_split_equals_whole_forward_and_backward(monkeypatch, split, passes):
+    whole = _run(monkeypatch, "0", passes=passes)
+    assert _split_layers(whole) == []
+    parts = _run(monkeypatch, "1", passes=passes)
+    # Everything separable before the InnerProduct runs split, in place
+    # layers and the Split of the fanned-out blobs included.
+    assert _split_layers(parts) == [
+        "conv1", "bn", "scale", "relu", "pool", "pool_pool_0_split", "lrn",
+        "lrn_lrn_0_split", "c2", "prelu", "sum", "cat", "ave", "sig"]
+    _compare(whole, parts)
+
+
+def test_split_in_inference_memory_mode(monkeypatch, split):
+    whole = _run(monkeypatch, "0", phase=protonet.TEST)
+    monkeypatch.setenv("PROTONET_BATCH_SPLIT", "1")
+    net = Net(io.parse_net_text(NET), phase=protonet.TEST, dtype=np.float64,
+              memory="inference")
+    for name, blobs in whole.params.items():  # float64: no caffemodel
+        for dst, src in zip(net.params[name], blobs):
+            dst.data[...] = src.data
+    net.blobs["data"].data[...] = whole.blobs["data"].data
+    net.forward()
+    assert "conv1" in _split_layers(net)
+    np.testing.assert_allclose(net.blobs["out"].data,
+                               whole.blobs["out"].data, rtol=1e-12)
+
+
+def test_batch_statistics_and_dropout_run_whole(monkeypatch, split):
+    text = NET.replace("use_global_stats: true", "use_global_stats: false")
+    text = text.replace(
+        "layer { name: 'relu' type: 'ReLU' bottom: 'conv1' top: 'conv1' }",
+        "layer { name: 'drop' type: 'Dropout' bottom: 'conv1' top: 'conv1' }")
+    net = _run(monkeypatch, "1", text=text)
+    done = _split_layers(net)
+    assert "bn" not in done and "drop" not in done
+    assert "conv1" in done and "pool" in done
+
+
+def test_one_image_or_no_threads_run_whole(monkeypatch, split):
+    one = NET.replace("dim: 5 dim: 6", "dim: 1 dim: 6")
+    assert _split_layers(_run(monkeypatch, "1", text=one)) == []
+    monkeypatch.setenv("PROTONET_THREADS", "1")
+    assert _split_layers(_run(monkeypatch, "1")) == []
+
+
+def test_hooks_see_every_layer_whole(monkeypatch, split):
+    net = Net(io.parse_net_text(NET), phase=protonet.TEST)
+    seen = []
+    net.after_forward(seen.append)
+    net.forward()
+    assert seen == list(range(len(net.layers)))
+    assert _split_layers(net) == []
+
+
+def test_solver_steps_match(monkeypatch, split, tmp_path):
+    def train(mode):
+        monkeypatch.setenv("PROTONET_BATCH_SPLIT", mode)
+        protonet.set_random_seed(5)
+        sp = caffe_pb2.SolverParameter(
+            net_param=io.parse_net_text(NET.replace(
+                "layer { name: 'sig' type: 'Sigmoid' bottom: 'ip' top: 'out' }",
+                "layer { name: 'label' type: 'Input' top: 'label' "
+                "input_param { shape { dim: 5 } } }\n"
+                "layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' "
+                "bottom: 'label' top: 'loss' }")),
+            base_lr=0.1, lr_policy="fixed", momentum=0.9, weight_decay=1e-3,
+            max_iter=3, display=0, snapshot_after_train=False,
+            snapshot_prefix=str(tmp_path / mode))
+        solver = protonet.get_solver(sp)
+        net = solver.net
+        net.blobs["data"].data[...] = np.random.RandomState(1).randn(
+            *net.blobs["data"].shape)
+        net.blobs["label"].data[...] = [0, 1, 2, 1, 0]
+        solver.step(3)
+        return net
+    whole, parts = train("0"), train("1")
+    assert "conv1" in _split_layers(parts)
+    for name in whole.params:
+        for pa, pb in zip(whole.params[name], parts.params[name]):
+            np.testing.assert_allclose(pb.data, pa.data, rtol=1e-4,
+                                       atol=1e-6, err_msg=name)
+
+
+@register("TestBadSplit")
+class _BadSplitLayer(Layer):
+    """Claims to be batch-separable, but its top's second axis depends on
+    the batch size (12 / N): a slice's clone shapes its top differently
+    from the slice of the whole top, which the splitter must refuse."""
+
+    def reshape(self, bottom, top):
+        n = bottom[0].shape[0]
+        top[0].reshape((n, 12 // n))
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 0
+
+    def batch_separable(self, bottom):
+        return True
+
+
+def test_a_wrong_batch_separable_claim_is_an_error(monkeypatch, split):
+    text = """
+    layer { name: 'data' type: 'Input' top: 'data'
+            input_param { shape { dim: 4 dim: 3 } } }
+    layer { name: 'bad' type: 'TestBadSplit' bottom: 'data' top: 'out' }
+    """
+    net = Net(io.parse_net_text(text), phase=protonet.TEST)
+    with pytest.raises(NetError, match="TestBadSplit layer 'bad'.*batch"):
+        net.forward()
+
+
+def test_switch_off(monkeypatch):
+    for value, on in (("0", False), ("off", False), ("1", True), ("", True)):
+        monkeypatch.setenv("PROTONET_BATCH_SPLIT", value)
+        assert batch_split.enabled() is on
