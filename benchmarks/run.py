@@ -339,6 +339,10 @@ def main(argv=None):
     if a.worker:
         job = json.loads(a.worker)
         sys.path.insert(0, HERE)
+        if job.get("runtime", "protonet") == "protonet":
+            # Before NumPy, as the protonet CLI loads it: protonet sets
+            # OpenBLAS's thread timeout, which OpenBLAS reads when it loads.
+            import protonet  # noqa: F401
         kind = job.get("kind", "net")
         res = {"net": worker, "layers": layer_worker,
                "memory": memory_job}[kind](job)
