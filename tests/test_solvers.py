@@ -387,3 +387,36 @@ def test_test_compute_loss_and_test_initialization(caplog):
     expected = 0.5 * ((X @ W0.T + b0 - Y) ** 2).sum() / N
     assert solver.test_loss[0] == pytest.approx(expected, rel=1e-5)
     assert solver.test_results[0]["loss"][0] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("reg", ["L2", "L1"])
+def test_fused_sgd_update_is_bit_identical_to_the_step_by_step_one(
+        monkeypatch, reg):
+    """SGDSolver.update_params (blocked, over threads) against the base
+    class's normalize / regularize / compute_update_value / subtract."""
+    from protonet import caffe_pb2
+    from protonet.solvers import base, sgd
+    monkeypatch.setenv("PROTONET_THREADS", "2")
+    monkeypatch.setattr(sgd, "BLOCK", 1000)  # several blocks per param
+    text = open(os.path.join(os.path.dirname(__file__), "fixtures",
+                             "caffe_ref", "nets", "lenet",
+                             "net.prototxt")).read()
+
+    def train(fused):
+        protonet.set_random_seed(1)
+        s = protonet.get_solver(caffe_pb2.SolverParameter(
+            net_param=io.parse_net_text(text), base_lr=0.01,
+            lr_policy="fixed", momentum=0.9, weight_decay=5e-3, max_iter=5,
+            display=0, snapshot_after_train=False, iter_size=2,
+            regularization_type=reg))
+        if not fused:
+            s.update_params = lambda rate: base.Solver.update_params(s, rate)
+        rng = np.random.RandomState(0)
+        for _ in range(3):
+            for b in s.net.learnable_params:
+                b.diff[...] = rng.randn(*b.shape)
+            s.apply_update()
+        return [b.data.copy() for b in s.net.learnable_params] + \
+            [b.diff.copy() for b in s.net.learnable_params] + s.history
+    for got, want in zip(train(True), train(False)):
+        np.testing.assert_array_equal(got, want)

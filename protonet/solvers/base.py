@@ -422,6 +422,12 @@ class Solver:
                           f"{caffelog.format_number(rate)}", "sgd_solver.cpp:106")
         self.last_rate = rate
         self.clip_gradients()
+        self.update_params(rate)
+
+    def update_params(self, rate):
+        """Normalize, regularize, compute the update value into each
+        diff, and subtract it from the data (Caffe's per-param loop, then
+        Net::Update)."""
         for i, blob in enumerate(self.net.learnable_params):
             self.normalize(i, blob)
             self.regularize(i, blob)
