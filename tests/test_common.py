@@ -166,6 +166,28 @@ def test_inner_product_param_diffs_accumulate(extra):
     assert_params_accumulate(ip(3, extra), [rand(2, 4)])
 
 
+@pytest.mark.parametrize("extra", ["", "transpose: true"])
+def test_inner_product_weight_gradient_in_blocks_over_threads(monkeypatch,
+                                                              extra):
+    # Blocks of 2 rows of dW, spread over two threads: the same dW += dy^T x
+    # (accumulated onto what was there), gradients checked numerically too.
+    from protonet import threads
+    from protonet.layers import common
+    monkeypatch.setenv("PROTONET_THREADS", "2")
+    monkeypatch.setattr(common, "DW_BLOCK_BYTES", 2 * 7 * 8)
+    monkeypatch.setattr(threads, "MIN_SPLIT_ELEMENTS", 0)
+    layer, bottom, top = make_layer(ip(7, extra), [rand(3, 7)])
+    layer.forward(bottom, top)
+    top[0].diff[...] = rand(3, 7)
+    before = rand(*layer.blobs[0].shape)
+    layer.blobs[0].diff[...] = before
+    layer.backward(top, [True], bottom)
+    x, dy = bottom[0].data, top[0].diff
+    want = before + (x.T @ dy if "transpose" in extra else dy.T @ x)
+    np.testing.assert_allclose(layer.blobs[0].diff, want, rtol=1e-12)
+    check_gradient(ip(7, extra), [rand(3, 7)])
+
+
 def test_inner_product_reshape_checks_k():
     layer, bottom, top = make_layer(ip(3), [np.zeros((2, 4))])
     bottom[0].reshape(7, 4)             # a new batch size is fine
