@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from . import io as _io
+from . import threads
 from . import limits as _limits
 from .batch_split import BatchSplitter
 from .blob import Blob
@@ -568,9 +569,7 @@ class Net(PycaffeNetMixin):
             layer.reshape(bottom, top)
 
     def clear_param_diffs(self):
-        for blob in self.learnable_params:
-            if blob.has_diff:
-                blob.diff[...] = 0
+        threads.zero([b.diff for b in self.learnable_params if b.has_diff])
 
     # -- weights ----------------------------------------------------------
     def copy_from(self, source):

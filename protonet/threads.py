@@ -98,6 +98,24 @@ def _call_slice(fn, s, worker):
     fn(s)
 
 
+def zero(arrays, block=1 << 20):
+    """Set every array of `arrays` (contiguous) to 0, in blocks of `block`
+    elements spread over the workers (memory-bound: two cores write about
+    twice as fast as one; CaffeNet's 61M parameter diffs 30 -> ~15 ms)."""
+    flat = [a.reshape(-1) for a in arrays]
+    blocks = [(f, slice(i, i + block)) for f in flat
+              for i in range(0, f.size, block)]
+    if sum(f.size for f in flat) < MIN_SPLIT_ELEMENTS:
+        for f in flat:
+            f[...] = 0
+        return
+
+    def task(part, worker):
+        for f, s in part:
+            f[s] = 0
+    run([partial(task, blocks[p]) for p in split(len(blocks), workers())])
+
+
 def run(tasks, parallel=True):
     """Call every ``task(worker)`` of `tasks`; returns their results in
     order.  Tasks are dealt in contiguous blocks (as OpenMP's static

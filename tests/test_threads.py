@@ -149,3 +149,13 @@ def test_elementwise_passes_split_over_threads(monkeypatch, text, shapes):
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-12, atol=1e-12)
     if "BatchNorm" not in text:  # (its statistics are set by hand above)
         check_gradient('top: "t" ' + text, xs)
+
+
+@pytest.mark.parametrize("min_split", [0, 1 << 30])  # over threads, serial
+def test_zero_clears_every_element(monkeypatch, min_split):
+    monkeypatch.setenv("PROTONET_THREADS", "2")
+    monkeypatch.setattr(threads, "MIN_SPLIT_ELEMENTS", min_split)
+    arrays = [np.ones((7, 5)), np.ones(3, np.float32), np.ones((2, 2, 2))]
+    threads.zero(arrays, block=4)  # several blocks per array
+    for a in arrays:
+        assert a.dtype in (np.float64, np.float32) and not a.any()
