@@ -172,6 +172,8 @@ class BatchSplitter:
             if self.net.memory == "inference" and hasattr(clone,
                                                           "prefer_memory"):
                 clone.prefer_memory()
+            if hasattr(clone, "share_cached_weights"):
+                clone.share_cached_weights(layer)
             clones.append(clone)
         return clones[k]
 

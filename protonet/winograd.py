@@ -93,9 +93,11 @@ class Winograd3x3:
             spatial axes and its two channel axes swapped (weights are
             still given as the layer's (Cout, Cin/groups, 3, 3)).
         groups: grouped convolution (the GEMMs run per group).
+        cache: a dict for the transformed weights, shared by every object
+            given the same one (default: its own).
     """
 
-    def __init__(self, m, pad, dtype, adjoint=False, groups=1):
+    def __init__(self, m, pad, dtype, adjoint=False, groups=1, cache=None):
         if m not in _MATRICES:
             raise ValueError(f"Winograd tile size must be 2 or 4, got {m}")
         self.m, self.alpha = m, m + 2
@@ -114,7 +116,10 @@ class Winograd3x3:
         # every solver update).
         self._weight_map = np.kron(G, G).astype(self.dtype)  # (alpha^2, 9)
         self.adjoint, self.groups = adjoint, groups
-        self._w_seen = self._U = None
+        # The transformed weights and the weights they came from; a dict
+        # that objects of the same transform may share (a layer's
+        # batch-split clones, protonet/batch_split.py).
+        self._cache = {} if cache is None else cache
         self.release()
 
     def release(self):
@@ -137,9 +142,12 @@ class Winograd3x3:
         one GEMM (G x G) @ taps in the layer's dtype, cached until `w`
         (Cout, Cin/groups, 3, 3) changes; for the adjoint, Cin and Cout exchanged, of the flipped
         kernel."""
-        if self._U is not None and self._w_seen.shape == w.shape and \
-                np.array_equal(self._w_seen, w):
-            return self._U
+        # One (weights, U) entry, replaced whole: threads sharing the cache
+        # never see a U with another transform's weights.
+        entry = self._cache.get("entry")
+        if entry is not None and entry[0].shape == w.shape and \
+                np.array_equal(entry[0], w):
+            return entry[1]
         G = self.groups
         g = w.reshape((G, -1) + w.shape[1:])  # (G, Cout/G, Cin/G, 3, 3)
         if self.adjoint:
@@ -148,9 +156,9 @@ class Winograd3x3:
         taps = np.ascontiguousarray(np.moveaxis(
             g.reshape(G, Mg, Cg, 9), 3, 0), dtype=self.dtype)
         U = self._weight_map @ taps.reshape(9, -1)  # (alpha^2, G*Mg*Cg)
-        self._U = U.reshape(self.alpha ** 2, G, Mg, Cg)
-        self._w_seen = w.copy()
-        return self._U
+        U = U.reshape(self.alpha ** 2, G, Mg, Cg)
+        self._cache["entry"] = (w.copy(), U)
+        return U
 
     def forward(self, x, w, out, parallel=True):
         """out = conv(x, w) (no bias).

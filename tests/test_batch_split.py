@@ -231,3 +231,37 @@ def test_switch_off(monkeypatch):
     for value, on in (("0", False), ("off", False), ("1", True), ("", True)):
         monkeypatch.setenv("PROTONET_BATCH_SPLIT", value)
         assert batch_split.enabled() is on
+
+
+def test_clones_share_the_winograd_weights(monkeypatch, split):
+    text = """
+    layer { name: 'data' type: 'Input' top: 'data'
+            input_param { shape { dim: 4 dim: 64 dim: 16 dim: 16 } } }
+    layer { name: 'conv' type: 'Convolution' bottom: 'data' top: 'conv'
+            convolution_param { num_output: 64 kernel_size: 3 pad: 1
+              weight_filler { type: 'gaussian' std: 0.05 } } }
+    """
+    whole = _run_text(monkeypatch, "0", text)
+    net = _run_text(monkeypatch, "1", text)
+    clones = net._splitter._clones[net.layer_names.index("conv")]
+    assert len(clones) == 2 and all(c._use_wino for c in clones)
+    caches = {id(c._wino._cache) for c in clones}
+    assert caches == {id(net.layers[1]._wino._cache)}
+    np.testing.assert_allclose(net.blobs["conv"].data, whole.blobs["conv"].data,
+                               rtol=1e-4, atol=1e-5)
+    # A weight change is seen by every clone (one new transform).
+    net.params["conv"][0].data[...] *= 2
+    net.forward()
+    np.testing.assert_allclose(net.blobs["conv"].data,
+                               2 * whole.blobs["conv"].data,
+                               rtol=1e-4, atol=1e-5)
+
+
+def _run_text(monkeypatch, mode, text):
+    monkeypatch.setenv("PROTONET_BATCH_SPLIT", mode)
+    protonet.set_random_seed(4)
+    net = Net(io.parse_net_text(text), phase=protonet.TEST)
+    net.blobs["data"].data[...] = np.random.RandomState(1).randn(
+        *net.blobs["data"].shape)
+    net.forward()
+    return net

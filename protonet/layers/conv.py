@@ -189,19 +189,22 @@ class _BaseConvolutionLayer(Layer):
         if self.bias_term:
             self.add_param_blob((self.num_output,), p.bias_filler)
         self._wino = self._wino_dx = None
+        self._wino_caches = {}  # (m, adjoint) -> transformed-weight cache
         self._low_memory = False
         if (not self.reverse and self.kernel == (3, 3)
                 and self.stride == (1, 1) and self.dilation == (1, 1)
                 and min(self.channels, self.num_output) // self.group
                 >= WINOGRAD_MIN_CHANNELS):
             self._wino = Winograd3x3(4, self.pad, self.dtype,
-                                     groups=self.group)
+                                     groups=self.group,
+                                     cache=self._wino_cache(4, False))
             # The input gradient is a 3x3 correlation too (padded by
             # 2 - pad): Winograd as well, with the flipped kernel.
             if max(self.pad) <= 2:
                 self._wino_dx = Winograd3x3(
                     4, tuple(2 - q for q in self.pad), self.dtype,
-                    adjoint=True, groups=self.group)
+                    adjoint=True, groups=self.group,
+                    cache=self._wino_cache(4, True))
         self._shape = None
 
     def reshape(self, bottom, top):
@@ -337,10 +340,23 @@ class _BaseConvolutionLayer(Layer):
                 m = 2
         if self._wino.m != m:
             self._wino = Winograd3x3(m, self.pad, self.dtype,
-                                     groups=self.group)
+                                     groups=self.group,
+                                     cache=self._wino_cache(m, False))
 
     def batch_separable(self, bottom):
         return self.channel_axis >= 1
+
+    def _wino_cache(self, m, adjoint):
+        return self._wino_caches.setdefault((m, adjoint), {})
+
+    def share_cached_weights(self, layer):
+        """Use `layer`'s Winograd-transformed weights (this is its
+        batch-split clone, on the same weights): one copy, computed once
+        per weight change, instead of one per clone."""
+        self._wino_caches = layer._wino_caches
+        for wino in (self._wino, self._wino_dx):
+            if wino is not None:
+                wino._cache = self._wino_cache(wino.m, wino.adjoint)
 
     def _run(self, tasks):
         return threads.run(tasks, self._parallel)
