@@ -43,8 +43,9 @@ from .proto import caffe_pb2
 # parallel region costs ~0.1 ms).
 MIN_ELEMENTS = 1 << 17
 # With memory="inference", a run ends once its tops take this many bytes:
-# they are all alive until it ends.
-RUN_BYTES = 256 << 20
+# they are all alive until it ends (measured: GoogLeNet batch 16 peaks at
+# 480 MiB with 64 MiB runs, 580 with 256 MiB, for 2% more speed).
+RUN_BYTES = 64 << 20
 
 
 def enabled():
