@@ -9,6 +9,9 @@ from ..errors import LayerError
 from ..layer import Layer, register
 from ..proto import caffe_pb2
 
+# Bytes of bottom per block of LRN's elementwise chain (kept in cache).
+BLOCK_BYTES = 1 << 19
+
 
 def _legacy_shape(layer, blob):
     """Caffe's (num, channels, height, width) of a blob of at most 4 axes."""
@@ -315,16 +318,24 @@ class LRNLayer(Layer):
         # In place, keep x for backward (Caffe itself has no in-place LRN).
         self.saved_x = x.copy() if top[0] is bottom[0] else None
         xs = self.saved_x if self.saved_x is not None else x
-        self.scale = np.empty_like(x)
+        if getattr(self, "scale", None) is None or \
+                self.scale.shape != x.shape or self.scale.dtype != x.dtype:
+            self.scale = np.empty_like(x)
         y = top[0].data
+        # A few images at a time, so that the ~10 passes of the chain stay
+        # in cache (GoogLeNet's two LRN layers, 8 images on one core: 29 ->
+        # 23 ms).
+        per = max(1, BLOCK_BYTES // max(1, x[0].nbytes)) if len(x) else 1
 
         def part(s, worker):
             # Images are independent: halves of the batch on two threads.
-            sc = self._window(np.square(xs[s]), self.scale[s])
-            sc *= t(coeff)
-            sc += t(shift)
-            _negative_power(sc, self.beta, y[s])
-            y[s] *= xs[s]
+            for a in range(s.start, s.stop, per):
+                b = slice(a, min(a + per, s.stop))
+                sc = self._window(np.square(xs[b]), self.scale[b])
+                sc *= t(coeff)
+                sc += t(shift)
+                _negative_power(sc, self.beta, y[b])
+                y[b] *= xs[b]
         threads.run([partial(part, s) for s in self._parts(x.shape[0])])
 
     def backward(self, top, propagate_down, bottom):

@@ -354,13 +354,11 @@ class PoolingLayer(Layer):
             if want_idx else None
 
         def block(worker, xb, yb, *ib):
-            taps = list(self._offsets(self._padded_block(worker, xb,
-                                                         -np.inf)))
-            np.copyto(yb, taps[0][1])
-            for _, sl in taps[1:]:
-                np.fmax(yb, sl, out=yb)
+            xp = self._padded_block(worker, xb, -np.inf)
+            self._window_max(xp, yb, worker)
             if not ib:
                 return
+            taps = list(self._offsets(xp))
             code, = ib
             mask = self._block_scratch("mask", worker, yb.shape, bool)
             tmp = self._block_scratch("tmp", worker, yb.shape, code.dtype)
@@ -375,6 +373,23 @@ class PoolingLayer(Layer):
         self._idx = idx
         if len(top) > 1:
             top[1].data[...] = self._flat_index(idx)
+
+    def _window_max(self, xp, yb, worker):
+        """yb = the max of every window of the padded block `xp`, as a max
+        over each window's rows of the max over its columns: (kw - 1) + (kh
+        - 1) passes instead of kh * kw - 1 (GoogLeNet's 3x3 stride-1
+        pooling: 8 -> 4 passes).  fmax: exact, and NaN never wins."""
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        PH, PW = yb.shape[1:]
+        rows = (PH - 1) * sh + kh
+        hm = self._block_scratch("hmax", worker, (len(yb), rows, PW),
+                                 self.dtype)
+        np.copyto(hm, xp[:, :rows, 0:(PW - 1) * sw + 1:sw])
+        for j in range(1, kw):
+            np.fmax(hm, xp[:, :rows, j:j + (PW - 1) * sw + 1:sw], out=hm)
+        np.copyto(yb, hm[:, 0:(PH - 1) * sh + 1:sh])
+        for i in range(1, kh):
+            np.fmax(yb, hm[:, i:i + (PH - 1) * sh + 1:sh], out=yb)
 
     def _forward_ave(self, x, y):
         if self.global_pooling:
