@@ -47,9 +47,10 @@ from .proto import caffe_pb2
 # Bottom + top elements of a run of layers from which it is split (a
 # parallel region costs ~0.1 ms).
 MIN_ELEMENTS = 1 << 17
-# With memory="inference", a run ends once its tops take this many bytes:
-# they are all alive until it ends (measured: GoogLeNet batch 16 peaks at
-# 480 MiB with 64 MiB runs, 580 with 256 MiB, for 2% more speed).
+# With memory="inference", every top of a run is alive until the run ends:
+# a run ends once they take RUN_ACTIVATIONS times its largest top (about
+# what the unsplit inference mode holds at once) or RUN_BYTES.
+RUN_ACTIVATIONS = 3
 RUN_BYTES = 64 << 20
 
 
@@ -71,6 +72,13 @@ def _strip_fillers(msg):
                 _strip_fillers(item)
         else:
             _strip_fillers(value)
+
+
+def _run_full(held):
+    """Whether a run whose tops take `held` (blob id -> bytes) is full."""
+    total = sum(held.values())
+    return total >= RUN_BYTES or bool(held) and \
+        total >= RUN_ACTIVATIONS * max(held.values())
 
 
 def _view(blob, s, diff):
@@ -114,9 +122,9 @@ class BatchSplitter:
         if not self.active():
             return 0, False
         net = self.net
-        run, slices, elements, nbytes = [], None, 0, 0
+        run, slices, elements, held = [], None, 0, {}
         i = start
-        while i <= end and (not release or nbytes < RUN_BYTES):
+        while i <= end and not (release and _run_full(held)):
             bottom, top = net.bottom_vecs[i], net.top_vecs[i]
             if net._released:
                 net._restore(net.top_ids[i])
@@ -127,7 +135,8 @@ class BatchSplitter:
             slices = s
             run.append(i)
             elements += sum(b.count for b in bottom + top)
-            nbytes += sum(t.data.nbytes for t in top)
+            for t in top:
+                held[id(t)] = t.data.nbytes
             i += 1
         if not run or elements < MIN_ELEMENTS:
             return len(run), False

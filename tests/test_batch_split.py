@@ -265,3 +265,27 @@ def _run_text(monkeypatch, mode, text):
         *net.blobs["data"].shape)
     net.forward()
     return net
+
+
+FORK_NET = """
+name: 'mobile'
+force_backward: true
+layer { name: 'data' type: 'Input' top: 'data'
+        input_param { shape { dim: 4 dim: 4 dim: 7 dim: 7 } } }
+layer { name: 'dw' type: 'ConvolutionDepthwise' bottom: 'data' top: 'dw'
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1 stride: 2
+          weight_filler { type: 'gaussian' std: 0.4 } } }
+layer { name: 'r6' type: 'ReLU6' bottom: 'dw' top: 'dw' }
+layer { name: 'hs' type: 'HardSwish' bottom: 'dw' top: 'hs' }
+layer { name: 'pw' type: 'Convolution' bottom: 'hs' top: 'pw'
+        convolution_param { num_output: 5 kernel_size: 1
+          weight_filler { type: 'gaussian' std: 0.4 } } }
+layer { name: 'sig' type: 'Sigmoid' bottom: 'pw' top: 'out' }
+"""
+
+
+def test_fork_layers_split_like_whole(monkeypatch, split):
+    whole = _run(monkeypatch, "0", text=FORK_NET, passes=2)
+    parts = _run(monkeypatch, "1", text=FORK_NET, passes=2)
+    assert _split_layers(parts) == ["dw", "r6", "hs", "pw", "sig"]
+    _compare(whole, parts)

@@ -27,6 +27,9 @@ class _Elementwise(NeuronLayer):
     def df(self, x):
         raise NotImplementedError
 
+    def batch_separable(self, bottom):
+        return True  # elementwise and deterministic
+
     def forward(self, bottom, top):
         x = bottom[0].data
         self._x = x.copy() if top[0] is bottom[0] else x
