@@ -420,3 +420,31 @@ def test_fused_sgd_update_is_bit_identical_to_the_step_by_step_one(
             [b.diff.copy() for b in s.net.learnable_params] + s.history
     for got, want in zip(train(True), train(False)):
         np.testing.assert_array_equal(got, want)
+
+
+def test_sgd_subclass_overriding_a_step_keeps_it():
+    """The fused update must not bypass a subclass's own regularize."""
+    from protonet import caffe_pb2
+    from protonet.solvers.sgd import SGDSolver
+    calls = []
+
+    class NoDecaySGD(SGDSolver):
+        def regularize(self, i, blob):
+            calls.append(i)
+
+    text = open(os.path.join(os.path.dirname(__file__), "fixtures",
+                             "caffe_ref", "nets", "lenet",
+                             "net.prototxt")).read()
+    s = NoDecaySGD(caffe_pb2.SolverParameter(
+        net_param=io.parse_net_text(text), base_lr=0.1, lr_policy="fixed",
+        momentum=0.0, weight_decay=1.0, max_iter=1, display=0,
+        snapshot_after_train=False))
+    before = [b.data.copy() for b in s.net.learnable_params]
+    for b in s.net.learnable_params:
+        b.diff[...] = 1
+    s.apply_update()
+    assert calls == list(range(len(before)))
+    for b, w, lr in zip(s.net.learnable_params, before,
+                        s.net.params_lr):  # no decay term
+        np.testing.assert_allclose(b.data, w - np.float32(0.1 * lr),
+                                   rtol=1e-6, atol=1e-7)
