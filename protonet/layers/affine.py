@@ -30,6 +30,14 @@ def _learned_shape(layer, bottom, axis, num_axes, field):
     return bottom.shape[axis:end]
 
 
+def _learned_operand_separable(layer, bottom):
+    """Bias/Scale split over the batch when the operand is a learned blob
+    that does not span the batch axis (a scalar, or `outer` covers axis 0);
+    a second bottom is not sliced with the batch."""
+    return len(bottom) == 1 and (layer.blobs[0].count == 1 or
+                                 layer.dims[0] >= bottom[0].shape[0])
+
+
 def _broadcast_dims(layer, bottom, operand_shape, axis, what):
     """(outer, D, inner) of bottom for an operand of `operand_shape` applied
     from `axis`; checks the shapes agree."""
@@ -77,9 +85,7 @@ class BiasLayer(Layer):
             self.add_param_blob(shape, p.filler if p.HasField("filler") else None)
 
     def batch_separable(self, bottom):
-        # A learned bias broadcast over the batch axis (outer spans it).
-        return len(bottom) == 1 and (self.blobs[0].count == 1 or
-                                     self.dims[0] >= bottom[0].shape[0])
+        return _learned_operand_separable(self, bottom)
 
     def reshape(self, bottom, top):
         b = bottom[1] if len(bottom) > 1 else self.blobs[0]
@@ -158,9 +164,7 @@ class ScaleLayer(Layer):
         return bottom[1] if len(bottom) > 1 else self.blobs[0]
 
     def batch_separable(self, bottom):
-        # A learned scale broadcast over the batch axis (outer spans it).
-        return len(bottom) == 1 and (self.blobs[0].count == 1 or
-                                     self.dims[0] >= bottom[0].shape[0])
+        return _learned_operand_separable(self, bottom)
 
     def reshape(self, bottom, top):
         axis = self.param.scale_param.axis

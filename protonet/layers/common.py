@@ -1,6 +1,8 @@
 """Common layers: graph plumbing, inner products, element-wise arithmetic,
 softmax, arg-max, reductions and free parameters."""
 
+from functools import partial
+
 import numpy as np
 
 from .. import threads
@@ -165,20 +167,18 @@ class InnerProductLayer(Layer):
         dW = self.blobs[0].diff
         A, B = (x, dy) if self.transpose else (dy, x)  # dW = A^T B
         rows = max(1, DW_BLOCK_BYTES // (dW.shape[1] * dW.itemsize))
-        blocks = [slice(r, r + rows) for r in range(0, dW.shape[0], rows)]
-        bufs = {}
+        bufs = {}  # worker -> its (rows, K) product buffer
 
-        def task(part, worker):
+        def block(r, worker):
             buf = bufs.get(worker)
             if buf is None:
                 buf = bufs[worker] = np.empty((rows, dW.shape[1]), dW.dtype)
-            for r in part:
-                n = min(r.stop, len(dW)) - r.start
-                np.matmul(A[:, r].T, B, out=buf[:n])
-                dW[r] += buf[:n]
-        parts = threads.split(len(blocks), threads.workers()
-                              if dW.size >= threads.MIN_SPLIT_ELEMENTS else 1)
-        threads.run([lambda w, p=p: task(blocks[p], w) for p in parts])
+            buf = buf[:r.stop - r.start]
+            np.matmul(A[:, r].T, B, out=buf)
+            dW[r] += buf
+        threads.run([partial(block, slice(r, min(r + rows, len(dW))))
+                     for r in range(0, len(dW), rows)],
+                    dW.size >= threads.MIN_SPLIT_ELEMENTS)
 
     def backward(self, top, propagate_down, bottom):
         dy = top[0].diff.reshape(self.M, self.num_output)

@@ -30,7 +30,7 @@ class SGDSolver(Solver):
         operations, element by element, as normalize, regularize,
         compute_update_value and the subtraction one after the other, but
         each block's temporaries stay in cache.  Measured (CaffeNet, 61M
-        parameters, 2 cores): 230 -> ~60 ms."""
+        parameters, 2 cores): 230 -> ~70 ms."""
         cls = type(self)
         if (cls.compute_update_value is not SGDSolver.compute_update_value
                 or cls.regularize is not Solver.regularize
@@ -40,28 +40,26 @@ class SGDSolver(Solver):
         inv = f32(1) / f32(p.iter_size) if p.iter_size > 1 else None
         l2 = p.regularization_type == "L2"
         m = f32(p.momentum)
-        jobs = []
+
+        def block(w, g, h, decay, rate_i, worker):
+            if inv is not None:
+                g *= inv
+            if decay:
+                g += decay * (w if l2 else np.sign(w))
+            h *= m
+            h += rate_i * g
+            g[...] = h
+            np.subtract(w, g, out=w)
+        tasks = []
         for i, blob in enumerate(net.learnable_params):
             decay = f32(p.weight_decay) * f32(net.params_weight_decay[i])
             rate_i = f32(rate) * f32(net.params_lr[i])
             w, g = blob.data.reshape(-1), blob.diff.reshape(-1)
             h = self.history[i].reshape(-1)
-            for a in range(0, w.size, BLOCK):
-                s = slice(a, a + BLOCK)
-                jobs.append((w[s], g[s], h[s], decay, rate_i))
-
-        def run(part, worker):
-            for w, g, h, decay, rate_i in part:
-                if inv is not None:
-                    g *= inv
-                if decay:
-                    g += decay * (w if l2 else np.sign(w))
-                h *= m
-                h += rate_i * g
-                g[...] = h
-                np.subtract(w, g, out=w)
-        parts = [jobs[s] for s in threads.split(len(jobs), threads.workers())]
-        threads.run([partial(run, part) for part in parts])
+            tasks += [partial(block, w[s], g[s], h[s], decay, rate_i)
+                      for s in (slice(a, a + BLOCK)
+                                for a in range(0, w.size, BLOCK))]
+        threads.run(tasks)  # dealt to the workers in contiguous groups
 
     def compute_update_value(self, i, blob, rate):
         local_rate = f32(rate) * f32(self.net.params_lr[i])
