@@ -98,8 +98,9 @@ def _run(monkeypatch, mode, text=NET, phase=protonet.TRAIN, passes=1):
         *net.blobs["data"].shape)
     for _ in range(passes):
         net.forward()
-        net.blobs["out"].diff[...] = np.random.RandomState(2).randn(
-            *net.blobs["out"].shape)
+        for name in net.outputs:
+            net.blobs[name].diff[...] = np.random.RandomState(2).randn(
+                *net.blobs[name].shape)
         net.backward()
     return net
 
@@ -242,8 +243,8 @@ def test_clones_share_the_winograd_weights(monkeypatch, split):
             convolution_param { num_output: 64 kernel_size: 3 pad: 1
               weight_filler { type: 'gaussian' std: 0.05 } } }
     """
-    whole = _run_text(monkeypatch, "0", text)
-    net = _run_text(monkeypatch, "1", text)
+    whole = _run(monkeypatch, "0", text, phase=protonet.TEST)
+    net = _run(monkeypatch, "1", text, phase=protonet.TEST)
     clones = net._splitter._clones[net.layer_names.index("conv")]
     assert len(clones) == 2 and all(c._use_wino for c in clones)
     caches = {id(c._wino._cache) for c in clones}
@@ -256,16 +257,6 @@ def test_clones_share_the_winograd_weights(monkeypatch, split):
     np.testing.assert_allclose(net.blobs["conv"].data,
                                2 * whole.blobs["conv"].data,
                                rtol=1e-4, atol=1e-5)
-
-
-def _run_text(monkeypatch, mode, text):
-    monkeypatch.setenv("PROTONET_BATCH_SPLIT", mode)
-    protonet.set_random_seed(4)
-    net = Net(io.parse_net_text(text), phase=protonet.TEST)
-    net.blobs["data"].data[...] = np.random.RandomState(1).randn(
-        *net.blobs["data"].shape)
-    net.forward()
-    return net
 
 
 FORK_NET = """
