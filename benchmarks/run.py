@@ -195,10 +195,9 @@ def worker(job):
             net.blobs["label"].data[...] = labels
 
             def step():
-                net.clear_param_diffs()
-                net.forward_from_to()
-                net.backward_from_to()
-                solver.apply_update()
+                # What `protonet train` runs: clear, forward, backward,
+                # NaN/Inf check, update.
+                solver.step(1)
         else:
             step = net.forward_from_to
     elif rt == "torch":

@@ -87,6 +87,7 @@ def _view(blob, s, diff):
     v.dtype = blob.dtype
     v._data = blob.data[s]
     v._diff = blob.diff[s] if diff else None
+    v._diff_zero = False
     return v
 
 

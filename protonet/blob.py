@@ -4,6 +4,12 @@ Mirrors: include/caffe/blob.hpp.  `data` and `diff` are NumPy arrays; `diff`
 is allocated on first use, so nets that never run backward never pay for it.
 Reshaping to the same element count keeps the memory (and any sharing);
 a different count allocates zero-filled arrays, as Caffe does.
+
+A diff can be cleared lazily (`clear_diff_lazily`, what Net.clear_param_diffs
+does): it reads as zeros from then on, but its memory is only zeroed when
+something reads it, unless a layer that assigns every element first asks
+for it with `diff_for_write` (InnerProduct's weight gradient: CaffeNet's fc
+weights are never zeroed, then read and added to, in a training step).
 """
 
 import math
@@ -38,7 +44,7 @@ class Blob:
         diff: ndarray of `shape`, the gradient of the loss w.r.t. `data`.
     """
 
-    __slots__ = ("_data", "_diff", "dtype", "__weakref__")
+    __slots__ = ("_data", "_diff", "_diff_zero", "dtype", "__weakref__")
 
     def __init__(self, shape=(), dtype=np.float32):
         self.dtype = np.dtype(dtype)
@@ -47,6 +53,7 @@ class Blob:
         check_allocation(shape, self.dtype.itemsize)
         self._data = np.zeros(shape, self.dtype)
         self._diff = None
+        self._diff_zero = False  # a lazy clear is pending (see the module)
 
     # -- data / diff ------------------------------------------------------
     @property
@@ -67,11 +74,35 @@ class Blob:
     def diff(self):
         if self._diff is None:
             self._diff = np.zeros(self._data.shape, self.dtype)
+            self._diff_zero = False
+        elif self._diff_zero:
+            self._diff[...] = 0
+            self._diff_zero = False
         return self._diff
 
     @diff.setter
     def diff(self, value):
         self._diff = np.asarray(value)
+        self._diff_zero = False
+
+    def clear_diff_lazily(self):
+        """Make the diff read as zeros without writing its memory now (see
+        the module docstring).  Only for a blob no other Blob shares the
+        diff memory of: those would not see the pending clear."""
+        if self._diff is not None:
+            self._diff_zero = True
+
+    def diff_for_write(self):
+        """``(diff, fresh)``: the diff array and whether it is logically all
+        zeros with a lazy clear pending.  A caller given ``fresh=True`` must
+        assign every element (it takes the clear over); otherwise it adds to
+        the array as usual."""
+        if self._diff is None or self._diff_zero:
+            if self._diff is None:
+                self._diff = np.empty(self._data.shape, self.dtype)
+            self._diff_zero = False
+            return self._diff, True
+        return self._diff, False
 
     @property
     def has_diff(self):
@@ -127,6 +158,7 @@ class Blob:
             check_allocation(shape, self.dtype.itemsize)  # before np.zeros
             self._data = np.zeros(shape, self.dtype)
             self._diff = None
+            self._diff_zero = False
 
     def reshape_like(self, other):
         self.reshape(other.shape)
@@ -140,6 +172,7 @@ class Blob:
 
     def share_diff(self, other):
         self._diff = other.diff.reshape(self.shape)
+        self._diff_zero = False
 
     def __repr__(self):
         return f"Blob(shape={self.shape}, dtype={self.dtype.name})"

@@ -11,7 +11,9 @@ A layer is built from its `LayerParameter` only.  The net calls, in order:
 * `forward(bottom, top)`: writes `top[i].data` (with `self.forward_only`
   set, no backward follows it: state kept only for backward may be skipped);
 * `backward(top, propagate_down, bottom)`: assigns `bottom[i].diff` where
-  `propagate_down[i]`, and adds into `self.blobs[j].diff`.
+  `propagate_down[i]`, and adds into `self.blobs[j].diff` (a layer with
+  `lazy_param_clear` may assign one whole right after the solver's clear,
+  see `Blob.diff_for_write`).
 
 Subclasses declare their blob counts with the class attributes below and are
 registered with `@register("CaffeType", v1="V1_ENUM_NAME")`.
@@ -95,6 +97,11 @@ class Layer:
     auto_top_blobs = False
     # Whether backward into bottom i may be forced (False for labels/indices).
     force_backward_ok = True
+    # Backward takes every parameter diff from its Blob at each call (never
+    # an array kept from before), so the solver may clear them lazily (see
+    # Net.clear_param_diffs); with Blob.diff_for_write a diff it assigns
+    # whole is then never zeroed (InnerProduct's weight gradient).
+    lazy_param_clear = False
 
     def __init__(self, param, dtype=np.float32):
         self.param = param

@@ -341,3 +341,93 @@ def test_blob_loss_weights_is_a_dict(tmp_path):
     net = net_from(SHARED, tmp_path)
     assert net.blob_loss_weights == {"data": 0.0, "y": 0.0, "z": 0.0,
                                      "loss": 1.0}
+
+
+def test_lazy_diff_clear_reads_zero_and_hands_over_to_writers():
+    b = protonet.Blob((3,))
+    arr = b.diff
+    arr[...] = 5
+    b.clear_diff_lazily()
+    assert (arr == 5).all()  # nothing written yet
+    d, fresh = b.diff_for_write()
+    assert d is arr and fresh  # the writer takes the clear over
+    assert b.diff_for_write() == (arr, False)
+    b.clear_diff_lazily()
+    assert (b.diff == 0).all() and (arr == 0).all()  # a reader zeroes it
+    assert b.diff_for_write()[1] is False
+    b.clear_diff_lazily()
+    b.diff = np.ones(3, np.float32)  # a new array is not pending a clear
+    assert (b.diff == 1).all()
+    b.clear_diff_lazily()
+    b.reshape(4)  # new memory, zero-filled
+    assert (b.diff == 0).all() and b.diff_for_write()[1] is False
+
+
+LAZY_NET = INPUT + """
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "a"
+        param { name: "w" } inner_product_param { num_output: 6
+        weight_filler { type: "gaussian" } bias_filler { type: "gaussian" } } }
+layer { name: "ip2" type: "InnerProduct" bottom: "a" top: "b"
+        param { name: "w" share_mode: PERMISSIVE }
+        inner_product_param { num_output: 3 bias_term: false } }
+layer { name: "ip3" type: "InnerProduct" bottom: "b" top: "c"
+        param { name: "u" } inner_product_param { num_output: 3
+        weight_filler { type: "gaussian" } } }
+layer { name: "ip4" type: "InnerProduct" bottom: "c" top: "d"
+        param { name: "u" } inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "TestSumLoss" bottom: "d" top: "loss" }
+"""
+
+
+def test_lazy_param_diff_clear_matches_zeroing(tmp_path):
+    # Reshaped (PERMISSIVE) and same-shape sharing, two backward passes
+    # accumulating as with iter_size 2: the lazily cleared diffs (whose
+    # memory holds garbage when the clear is called) give exactly the
+    # gradients of diffs zeroed up front.
+    net = net_from(LAZY_NET, tmp_path)
+    assert net.layer_dict["ip2"].blobs[0] is not net.layer_dict["ip1"].blobs[0]
+    assert net.layer_dict["ip3"].blobs[0] is net.layer_dict["ip4"].blobs[0]
+    net.blobs["data"].data[...] = np.random.default_rng(0).standard_normal(
+        (2, 3))
+
+    def gradients(clear):
+        for b in net.learnable_params:
+            b.diff[...] = 1e3
+        clear()
+        for b in net.learnable_params:
+            assert not b.diff.any()
+        for b in net.learnable_params:
+            b.diff[...] = 1e3
+        clear()
+        for _ in range(2):
+            net.forward_from_to()
+            net.backward_from_to()
+        return [b.diff.copy() for b in net.learnable_params]
+
+    def zero_all():
+        for b in net.learnable_params:
+            b.diff[...] = 0
+    lazy = gradients(lambda: net.clear_param_diffs(lazy=True))
+    eager = gradients(zero_all)
+    assert len(lazy) == 5
+    for g, ref in zip(lazy, eager):
+        assert ref.any()
+        np.testing.assert_array_equal(g, ref)
+
+
+def test_lazy_clear_only_where_safe(tmp_path):
+    net = net_from(LAZY_NET, tmp_path)
+    w = net.layer_dict["ip1"].blobs[0]  # viewed by ip2's reshaped sharer
+    u = net.layer_dict["ip3"].blobs[0]  # shared whole by ip4
+    held_w, held_u = w.diff, u.diff
+    held_w[...], held_u[...] = 7, 7
+    net.clear_param_diffs(lazy=True)
+    assert not held_w.any() and (held_u == 7).all()
+    assert not u.diff.any() and not held_u.any()
+    held_u[...] = 7
+    net.clear_param_diffs()  # pycaffe's call: every array zeroed in place
+    assert not held_u.any()
+    held_u[...] = 7
+    net.after_backward(lambda layer: None)
+    net.clear_param_diffs(lazy=True)  # a hook might read held arrays
+    assert not held_u.any()

@@ -76,3 +76,25 @@ def test_gradient_nan_with_finite_loss(tmp_path, monkeypatch):
         numerics.check_step(s.net, 7, np.float32(1.0))
     s.net.params["ip"][0].diff[...] = 0
     numerics.check_step(s.net, 7, np.float32(1.0))   # finite: no error
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite_finds_one_bad_value_in_any_block(monkeypatch, bad):
+    monkeypatch.setattr(numerics, "BLOCK", 1000)  # many blocks, both cores
+    arrays = [np.ones(5000, np.float32), np.ones((70, 90), np.float32)]
+    assert numerics.all_finite(arrays)
+    for a in arrays:
+        for i in (0, a.size // 2, a.size - 1):
+            a.flat[i] = bad
+            assert not numerics.all_finite(arrays)
+            a.flat[i] = 1
+
+
+def test_all_finite_is_not_fooled_by_a_sum_that_overflows():
+    # Finite float32 values whose float32 sum is Inf are finite.
+    big = np.full(4096, 3e38, np.float32)
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.sum(big))
+    assert numerics.all_finite([big])
+    big[7] = np.nan
+    assert not numerics.all_finite([big])

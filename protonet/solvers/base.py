@@ -251,7 +251,8 @@ class Solver:
         self.losses = []
         self.smoothed_loss = 0.0
         while self.iter < stop_iter:
-            self.net.clear_param_diffs()
+            # Lazily unless callbacks run before the backward (see there).
+            self.net.clear_param_diffs(lazy=not self.callbacks)
             if p.test_interval and self.iter % p.test_interval == 0 and \
                     (self.iter > 0 or p.test_initialization):
                 self.test_all()
