@@ -98,6 +98,20 @@ def im2col(x, kernel, stride, pad, dilation, out_shape, cols, pad_buf=None):
     return cols.reshape(nb, C * int(np.prod(kernel)), int(np.prod(out_shape)))
 
 
+def im2col_side_by_side(x, kernel, stride, pad, dilation, out_shape, cols,
+                        pad_buf=None):
+    """``im2col`` with the images inner: returns (C * prod(kernel), nb *
+    prod(out_shape)), row ``(c, *i)`` holding every image's columns one
+    after the other (one GEMM then sums over the positions of the whole
+    batch).  Same arguments as ``im2col``."""
+    nb, C = x.shape[:2]
+    xp = pad_into(x, pad, pad_buf)
+    view = _window_view(xp, kernel, stride, dilation, out_shape)
+    dst = cols.reshape((C,) + tuple(kernel) + (nb,) + tuple(out_shape))
+    np.copyto(dst, np.moveaxis(view, 0, len(kernel) + 1))
+    return dst.reshape(C * int(np.prod(kernel)), -1)
+
+
 def _overlaps(kernel, stride, dilation):
     # Windows of one channel touch a cell twice when the kernel taps overlap
     # across output positions (stride < extent) or within a window (never:

@@ -395,6 +395,38 @@ def test_channels_last_path_matches_classic(monkeypatch, shape, extra):
 
 
 @pytest.mark.parametrize("kind,shape,extra", [
+    ("Convolution", (7, 4, 7, 6), "kernel_size: 3 pad: 1 group: 2"),
+    ("Convolution", (5, 3, 9, 8), "kernel_h: 3 kernel_w: 2 stride: 2 pad: 1 "
+     "dilation: 2"),
+    ("Convolution", (3, 2, 4, 5, 5), "kernel_size: 3 kernel_size: 2 "
+     "kernel_size: 3 pad: 1 pad: 0 pad: 2"),
+    ("Deconvolution", (5, 4, 5, 5), "kernel_size: 3 stride: 2 pad: 1 "
+     "group: 2"),
+])
+@pytest.mark.parametrize("threads_", ["1", "2"])
+def test_side_by_side_weight_gradient_matches_per_chunk(
+        monkeypatch, kind, shape, extra, threads_):
+    """Small images' weight gradient with several images' columns side by
+    side (a partial last group of them) equals the per-chunk products."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(shape)
+    monkeypatch.setenv("PROTONET_THREADS", threads_)
+    monkeypatch.setattr(conv_module, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(conv_module, "NHWC_MIN_CHANNELS", 1 << 30)
+    results, params = [], []
+    columns = 1  # first the per-chunk path, then two images side by side
+    for side_by_side in (0, 2):
+        monkeypatch.setattr(conv_module, "WGRAD_MIN_COLUMNS", columns)
+        layer, out = forward_backward_twice(conv_text(kind, 4, extra), x,
+                                            params, modulus=5)
+        assert layer._wchunk == side_by_side
+        results.append(out)
+        columns = int(np.prod(layer.col_shape)) + 1
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind,shape,extra", [
     ("Convolution", (3, 4, 7, 6), "kernel_size: 3 pad: 1 group: 2"),  # corr
     ("Convolution", (3, 3, 9, 9), "kernel_size: 3 stride: 2 pad: 1"),  # col2im
     ("Convolution", (3, 4, 5, 5), "kernel_size: 1"),  # 1x1
