@@ -34,8 +34,12 @@ _PP = caffe_pb2.PoolingParameter
 _FLT_MIN = float(np.finfo(np.float32).tiny)
 # MAX and AVE pooling run block by block of whole (n, c) planes of about
 # this many bottom bytes (the running max, its argmax and the masks stay in
-# a core's cache), the blocks spread over the threads.
-BLOCK_BYTES = 1 << 20
+# a core's cache), the blocks spread over the threads.  Measured on this
+# machine (2 MB of L2 a core), 512 KB against 1 MB: 10-23% faster on every
+# AlexNet, GoogLeNet and CIFAR-10 shape (GoogLeNet inception 3x3 stride-1
+# pooling on 14x14 images, 8 images: 3.7 -> 2.8 ms); 256 KB loses on large
+# images.
+BLOCK_BYTES = 1 << 19
 
 
 def pooled_size(size, kernel, stride, pad, ceil=True):
