@@ -78,23 +78,21 @@ def reference(shape, backward_data, reps=5):
 
 def profile_net(net, train, reps):
     """Best forward (reshape included) and backward time of every layer of
-    `net`, running the layers in order so each sees real inputs."""
+    `net`, running the layers in order so each sees real inputs, each as the
+    net runs it (``forward_from_to(i, i)``: a batch-separable layer as one
+    clone per core on its slice of the batch, protonet/batch_split.py)."""
     n = len(net.layers)
     fwd, bwd = [float("inf")] * n, [float("inf")] * n
     for _ in range(reps + 1):  # the first pass warms buffers and caches
         for i in range(n):
-            b, t, layer = net.bottom_vecs[i], net.top_vecs[i], net.layers[i]
             t0 = time.perf_counter()
-            layer.reshape(b, t)
-            layer.forward(b, t)
+            net.forward_from_to(i, i)
             fwd[i] = min(fwd[i], time.perf_counter() - t0)
         if train:
             for i in reversed(range(n)):
                 if net.layer_need_backward[i]:
                     t0 = time.perf_counter()
-                    net.layers[i].backward(net.top_vecs[i],
-                                           net.bottom_need_backward[i],
-                                           net.bottom_vecs[i])
+                    net.backward_from_to(i, i)
                     bwd[i] = min(bwd[i], time.perf_counter() - t0)
     return fwd, [t if t < float("inf") else None for t in bwd]
 

@@ -303,15 +303,17 @@ def cmd_time(a):
     t_total = clock()
     for j in range(a.iterations):
         t_iter = clock()
+        # Layer by layer as the net runs each (a batch-separable layer split
+        # over the cores, protonet/batch_split.py).
         for i in range(n_layers):
             t = clock()
-            net.forward_layer(i)
+            net.forward_from_to(i, i)
             fwd[i] += clock() - t
         for i in reversed(range(n_layers)):
             if not net.layer_need_backward[i]:
                 continue
             t = clock()
-            net.backward_layer(i)
+            net.backward_from_to(i, i)
             bwd[i] += clock() - t
         caffelog.info(f"Iteration: {j + 1} forward-backward time: "
                       f"{caffelog.format_number((clock() - t_iter) * 1e3)} ms.",
