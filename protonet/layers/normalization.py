@@ -307,6 +307,16 @@ class LRNLayer(Layer):
     def _parts(self, n):
         return threads.split(n, threads.workers())
 
+    def _blocks(self, s, x):
+        """Slices of a few images of `s` (about BLOCK_BYTES of `x`), so
+        that the ~10 passes of the chain stay in cache (GoogLeNet's two LRN
+        layers, 8 images on one core: forward 29 -> 23 ms; CaffeNet's norm1,
+        backward 2.4 -> 1.5 ms).  Measured: bands of rows of one larger
+        image, all channels, were slower (GoogLeNet's norm2 17 -> 30 ms)."""
+        per = max(1, BLOCK_BYTES // max(1, x[0].nbytes)) if len(x) else 1
+        return [slice(a, min(a + per, s.stop))
+                for a in range(s.start, s.stop, per)]
+
     def forward(self, bottom, top):
         x = bottom[0].data
         t = self.dtype.type
@@ -322,15 +332,9 @@ class LRNLayer(Layer):
                 self.scale.shape != x.shape or self.scale.dtype != x.dtype:
             self.scale = np.empty_like(x)
         y = top[0].data
-        # A few images at a time, so that the ~10 passes of the chain stay
-        # in cache (GoogLeNet's two LRN layers, 8 images on one core: 29 ->
-        # 23 ms).
-        per = max(1, BLOCK_BYTES // max(1, x[0].nbytes)) if len(x) else 1
 
         def part(s, worker):
-            # Images are independent: halves of the batch on two threads.
-            for a in range(s.start, s.stop, per):
-                b = slice(a, min(a + per, s.stop))
+            for b in self._blocks(s, x):
                 sc = self._window(np.square(xs[b]), self.scale[b])
                 sc *= t(coeff)
                 sc += t(shift)
@@ -346,11 +350,12 @@ class LRNLayer(Layer):
         y, dy, dx = top[0].data, top[0].diff, bottom[0].diff
 
         def part(s, worker):
-            ratio = self._window(dy[s] * y[s] / self.scale[s])
-            ratio *= x[s]
-            ratio *= t(2 * self.coeff * self.beta)
-            g = _negative_power(self.scale[s], self.beta,
-                                np.empty_like(ratio))
-            g *= dy[s]
-            np.subtract(g, ratio, out=dx[s])
+            for b in self._blocks(s, x):
+                ratio = self._window(dy[b] * y[b] / self.scale[b])
+                ratio *= x[b]
+                ratio *= t(2 * self.coeff * self.beta)
+                g = _negative_power(self.scale[b], self.beta,
+                                    np.empty_like(ratio))
+                g *= dy[b]
+                np.subtract(g, ratio, out=dx[b])
         threads.run([partial(part, s) for s in self._parts(x.shape[0])])
