@@ -486,6 +486,7 @@ def test_threaded_winograd_matches_serial(monkeypatch):
 
 @pytest.mark.parametrize("kind,shape,extra", [
     ("Convolution", (5, 6, 7, 6), "kernel_size: 1 group: 3"),
+    ("Convolution", (5, 6, 12, 12), "kernel_size: 1"),  # stride 1, P > 128
     ("Convolution", (5, 4, 9, 8), "kernel_size: 1 stride: 2"),
     ("Convolution", (3, 4, 9, 8), "kernel_h: 1 kernel_w: 1 stride_h: 3 "
      "stride_w: 2"),
@@ -504,6 +505,8 @@ def test_channel_major_1x1_matches_per_image_path(monkeypatch, kind, shape,
     results, params = [], []
     for limit, used in ((0, False), (1 << 20, True)):
         monkeypatch.setattr(conv_module, "CHANNEL_MAJOR_MAX_POSITIONS", limit)
+        monkeypatch.setattr(conv_module,
+                            "CHANNEL_MAJOR_MAX_POSITIONS_STRIDE_1", limit)
         layer, out = forward_backward_twice(conv_text(kind, 6, extra), x,
                                             params)
         assert layer._cm is used
@@ -512,3 +515,14 @@ def test_channel_major_1x1_matches_per_image_path(monkeypatch, kind, shape,
         results.append(out)
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("extra,hw,cm", [
+    ("kernel_size: 1", (1, 127), True),   # stride 1, few positions
+    ("kernel_size: 1", (8, 16), False),   # stride 1: in place from 128
+    ("kernel_size: 1 stride: 2", (23, 23), True),  # strided: up to 1024
+])
+def test_channel_major_choice(extra, hw, cm):
+    layer, bottom, top = make_layer(conv_text("Convolution", 4, extra),
+                                    [np.zeros((2, 3) + hw)])
+    assert layer._cm is cm

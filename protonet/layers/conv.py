@@ -53,7 +53,12 @@ WINOGRAD_MIN_CHANNELS = 64
 # per image than this run as one GEMM per chunk on channel-major copies,
 # (C, nb * P): per-image GEMMs with P = 49 or 196 (ResNet-50's res5/res4)
 # reach a third of sgemm's rate, and a strided 1x1 through im2col a fifth.
+# Stride 1 multiplies each image in place (no copies) from fewer positions
+# on: measured with the batch split (one core's BLAS a clone), GoogLeNet's
+# 1x1 layers on 28x28 and 14x14 images are faster so (inference, batch 16:
+# 404-412 against 425-435 ms; batch 1 61 against 64 ms), ResNet-50 even.
 CHANNEL_MAJOR_MAX_POSITIONS = 1024
+CHANNEL_MAJOR_MAX_POSITIONS_STRIDE_1 = 128
 # Per-image column bytes from which the batch's chunks (or an image's row
 # blocks) are spread over threads, each with single-threaded BLAS
 # (measured, 2 cores: CaffeNet training step 1150 -> 890 ms; CIFAR-10
@@ -275,7 +280,8 @@ class _BaseConvolutionLayer(Layer):
         self._parallel = not self.is_1x1 and per_image >= PARALLEL_MIN_BYTES
         # 1x1 (any stride, no pad) on few output positions: channel-major.
         self._cm = (all(k == 1 for k in self.kernel) and not any(self.pad)
-                    and P < CHANNEL_MAJOR_MAX_POSITIONS)
+                    and P < (CHANNEL_MAJOR_MAX_POSITIONS_STRIDE_1
+                             if self.is_1x1 else CHANNEL_MAJOR_MAX_POSITIONS))
         if self._cm:
             self.chunk = max(1, min(self.num, COL_BUFFER_BYTES // max(
                 (self.img_channels + self.col_channels) * P
