@@ -234,21 +234,22 @@ def _window_sum(a, size, axis, out=None):
     return out
 
 
-def _negative_power(s, beta, out):
-    """out = s ** -beta; betas 0.75 (AlexNet, GoogLeNet), 0.5 and 1 by
-    square roots and a division (a float32 pow costs ~10x more here)."""
+def _negative_power(s, beta, out, numerator=None):
+    """out = s ** -beta, or numerator / s ** beta; betas 0.75 (AlexNet,
+    GoogLeNet), 0.5 and 1 by square roots and a division (a float32 pow
+    costs ~10x more here)."""
     if beta == 0.75:
         np.sqrt(s, out=out)
         out *= np.sqrt(out)
-        np.reciprocal(out, out=out)
     elif beta == 0.5:
         np.sqrt(s, out=out)
-        np.reciprocal(out, out=out)
     elif beta == 1:
-        np.reciprocal(s, out=out)
+        np.copyto(out, s)
     else:
-        np.power(s, s.dtype.type(-beta), out=out)
-    return out
+        np.power(s, s.dtype.type(beta), out=out)
+    if numerator is None:
+        return np.reciprocal(out, out=out)
+    return np.divide(numerator, out, out=out)
 
 
 @register("LRN", v1="LRN")
@@ -338,8 +339,7 @@ class LRNLayer(Layer):
                 sc = self._window(np.square(xs[b]), self.scale[b])
                 sc *= t(coeff)
                 sc += t(shift)
-                _negative_power(sc, self.beta, y[b])
-                y[b] *= xs[b]
+                _negative_power(sc, self.beta, y[b], numerator=xs[b])
         threads.run([partial(part, s) for s in self._parts(x.shape[0])])
 
     def backward(self, top, propagate_down, bottom):
@@ -355,7 +355,6 @@ class LRNLayer(Layer):
                 ratio *= x[b]
                 ratio *= t(2 * self.coeff * self.beta)
                 g = _negative_power(self.scale[b], self.beta,
-                                    np.empty_like(ratio))
-                g *= dy[b]
+                                    np.empty_like(ratio), numerator=dy[b])
                 np.subtract(g, ratio, out=dx[b])
         threads.run([partial(part, s) for s in self._parts(x.shape[0])])
