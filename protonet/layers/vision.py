@@ -254,7 +254,7 @@ class PoolingLayer(Layer):
         """Drop the padded copy, argmax indices and scratch (the net's
         ``memory="inference"`` mode calls this after forward)."""
         self._xp = None
-        self._idx = self._idx_flat = self._win = None
+        self._idx = self._idx_flat = self._win = self._idx_buf = None
         self._argkey = self._bwdbuf = None
         self._scratch = {}
 
@@ -354,8 +354,12 @@ class PoolingLayer(Layer):
         # Block by block of planes, so the running values stay in cache.
         K = self.kernel[0] * self.kernel[1]
         want_idx = not self.forward_only or len(top) > 1
-        idx = np.empty(y.shape, np.int8 if K <= 127 else np.int32) \
-            if want_idx else None
+        idx = None
+        if want_idx:  # kept across forwards (no fresh pages each time)
+            idx = getattr(self, "_idx_buf", None)
+            dtype = np.int8 if K <= 127 else np.int32
+            if idx is None or idx.shape != y.shape or idx.dtype != dtype:
+                idx = self._idx_buf = np.empty(y.shape, dtype)
 
         def block(worker, xb, yb, *ib):
             xp = self._padded_block(worker, xb, -np.inf)
