@@ -5,11 +5,12 @@ is allocated on first use, so nets that never run backward never pay for it.
 Reshaping to the same element count keeps the memory (and any sharing);
 a different count allocates zero-filled arrays, as Caffe does.
 
-A diff can be cleared lazily (`clear_diff_lazily`, what Net.clear_param_diffs
-does): it reads as zeros from then on, but its memory is only zeroed when
-something reads it, unless a layer that assigns every element first asks
-for it with `diff_for_write` (InnerProduct's weight gradient: CaffeNet's fc
-weights are never zeroed, then read and added to, in a training step).
+A diff can be cleared lazily (`clear_diff_lazily`, what a solver step does
+through `Net.clear_param_diffs(lazy=True)`): it reads as zeros from then on,
+but its memory is only zeroed when something reads it, unless a layer that
+assigns every element first asks for it with `diff_for_write`
+(InnerProduct's weight gradient: CaffeNet's fc weight gradients are no
+longer zeroed, then read and added to, in a training step).
 """
 
 import math

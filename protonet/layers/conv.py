@@ -587,7 +587,7 @@ class _BaseConvolutionLayer(Layer):
             cols = im2col_side_by_side(
                 img[s], self.kernel, self.stride, self.pad, self.dilation,
                 self.col_shape, _scratch(K * n * P, self.dtype),
-                self._buf("pad_in", worker, pad_shape, zero=True)
+                self._buf("pad_side", worker, pad_shape, zero=True)
                 if any(self.pad) else None)
             dy = self._buf("dy_side", worker, (G * Mg * nb * P,))[
                 :G * Mg * n * P].reshape(G, Mg, n, P)
