@@ -81,16 +81,6 @@ def _run_full(held):
         total >= RUN_ACTIVATIONS * max(held.values())
 
 
-def _view(blob, s, diff):
-    """A Blob whose data (and diff) are rows `s` of `blob`'s."""
-    v = Blob.__new__(Blob)
-    v.dtype = blob.dtype
-    v._data = blob.data[s]
-    v._diff = blob.diff[s] if diff else None
-    v._diff_zero = False
-    return v
-
-
 class BatchSplitter:
     """Runs a net's batch-separable layers as per-worker clones."""
 
@@ -169,7 +159,7 @@ class BatchSplitter:
         for b in blobs:
             v = cache.get(id(b))
             if v is None:
-                v = cache[id(b)] = _view(b, s, diff)
+                v = cache[id(b)] = b.rows(s, diff)
             out.append(v)
         return out
 

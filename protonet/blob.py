@@ -171,6 +171,16 @@ class Blob:
         if self._diff is not None and self._diff.shape != self._data.shape:
             self._diff = None
 
+    def rows(self, s, diff=False):
+        """A Blob whose data (and, with `diff`, diff) are the views
+        ``[s]`` of this one's: no copy (the batch split's slices)."""
+        v = Blob.__new__(Blob)
+        v.dtype = self.dtype
+        v._data = self._data[s]
+        v._diff = self.diff[s] if diff else None
+        v._diff_zero = False
+        return v
+
     def share_diff(self, other):
         self._diff = other.diff.reshape(self.shape)
         self._diff_zero = False

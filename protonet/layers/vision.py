@@ -375,11 +375,11 @@ class PoolingLayer(Layer):
             # ms, CaffeNet's pool1 and pool2 10.9 -> 9.5 and 7.5 -> 6.4).
             code, = ib
             masks = self._block_scratch("masks", worker, (K,) + yb.shape,
-                                        bool)[:, :len(yb)]
+                                        bool)
             for k, sl in self._offsets(xp):
                 np.equal(sl, yb, out=masks[k])
             tmp = self._block_scratch("tmp", worker, (K,) + yb.shape,
-                                      code.dtype)[:, :len(yb)]
+                                      code.dtype)
             np.multiply(masks.view(np.int8), weights, out=tmp)
             np.max(tmp, axis=0, out=code)
             np.subtract(code.dtype.type(K), code, out=code)
