@@ -9,7 +9,7 @@ import pytest
 from caffe_ref import run_case
 from protonet.errors import LayerError
 from protonet import winograd
-from protonet.layers import conv as conv_module
+from protonet.layers import conv_products
 from protonet.testing import check_gradient, make_layer
 
 
@@ -209,7 +209,7 @@ def test_chunked_batch_matches_single_chunk(monkeypatch, kind, extra, out):
     dy = rng.standard_normal((5, 6, out, out)).astype(np.float32)
     results, params = [], None
     for budget in (1 << 30, 1):  # whole batch vs one image row per block
-        monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", budget)
+        monkeypatch.setattr(conv_products, "COL_BUFFER_BYTES", budget)
         layer, bottom, top = make_layer(text, [x], dtype=np.float32)
         if params is None:
             params = [b.data.copy() for b in layer.blobs]
@@ -243,7 +243,7 @@ def test_correlation_path_matches_col2im(monkeypatch, kind, shape, extra):
     x = rng.standard_normal(shape)
     results = []
     for ratio, used in ((0.0, False), (1e9, True)):
-        monkeypatch.setattr(conv_module, "CORR_MAX_RATIO", ratio)
+        monkeypatch.setattr(conv_products, "CORR_MAX_RATIO", ratio)
         layer, bottom, top = make_layer(conv_text(kind, 4, extra), [x])
         assert layer._corr_ok is used
         if not results:
@@ -385,7 +385,7 @@ def test_channels_last_path_matches_classic(monkeypatch, shape, extra):
     x = rng.standard_normal(shape)
     results, params = [], []
     for min_channels, used in ((1 << 30, False), (1, True)):
-        monkeypatch.setattr(conv_module, "NHWC_MIN_CHANNELS", min_channels)
+        monkeypatch.setattr(conv_products, "NHWC_MIN_CHANNELS", min_channels)
         layer, out = forward_backward_twice(conv_text("Convolution", 5, extra),
                                             x, params)
         assert layer._nhwc is used
@@ -411,12 +411,12 @@ def test_side_by_side_weight_gradient_matches_per_chunk(
     rng = np.random.default_rng(12)
     x = rng.standard_normal(shape)
     monkeypatch.setenv("PROTONET_THREADS", threads_)
-    monkeypatch.setattr(conv_module, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(conv_module, "NHWC_MIN_CHANNELS", 1 << 30)
+    monkeypatch.setattr(conv_products, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(conv_products, "NHWC_MIN_CHANNELS", 1 << 30)
     results, params = [], []
     columns = 1  # first the per-chunk path, then two images side by side
     for side_by_side in (0, 2):
-        monkeypatch.setattr(conv_module, "WGRAD_MIN_COLUMNS", columns)
+        monkeypatch.setattr(conv_products, "WGRAD_MIN_COLUMNS", columns)
         layer, out = forward_backward_twice(conv_text(kind, 4, extra), x,
                                             params, modulus=5)
         assert layer._wchunk == side_by_side
@@ -443,13 +443,13 @@ def test_threaded_paths_match_serial(monkeypatch, kind, shape, extra, batch,
     accumulated weight gradient."""
     rng = np.random.default_rng(11)
     x = rng.standard_normal((batch,) + shape[1:])
-    monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", budget)
+    monkeypatch.setattr(conv_products, "COL_BUFFER_BYTES", budget)
     results, params = [], []
     for threads_, min_bytes, nhwc in (("1", 1 << 60, 1 << 30), ("2", 0, 1),
                                       ("2", 0, 1 << 30)):
         monkeypatch.setenv("PROTONET_THREADS", threads_)
-        monkeypatch.setattr(conv_module, "PARALLEL_MIN_BYTES", min_bytes)
-        monkeypatch.setattr(conv_module, "NHWC_MIN_CHANNELS", nhwc)
+        monkeypatch.setattr(conv_products, "PARALLEL_MIN_BYTES", min_bytes)
+        monkeypatch.setattr(conv_products, "NHWC_MIN_CHANNELS", nhwc)
         layer, out = forward_backward_twice(conv_text(kind, 4, extra), x,
                                             params, modulus=5)
         assert layer._parallel is (min_bytes == 0 and not layer.is_1x1)
@@ -468,7 +468,7 @@ def test_threaded_winograd_matches_serial(monkeypatch):
     for threads_, min_bytes, batch in (("1", 1 << 60, 3), ("2", 0, 3),
                                        ("2", 0, 1)):
         monkeypatch.setenv("PROTONET_THREADS", threads_)
-        monkeypatch.setattr(conv_module, "PARALLEL_MIN_BYTES", min_bytes)
+        monkeypatch.setattr(conv_products, "PARALLEL_MIN_BYTES", min_bytes)
         monkeypatch.setattr(winograd, "TILES_PER_BLOCK", 3)  # bands of rows
         layer, bottom, top = make_layer(
             conv_text("Convolution", 64, "kernel_size: 3 pad: 1"),
@@ -501,11 +501,11 @@ def test_channel_major_1x1_matches_per_image_path(monkeypatch, kind, shape,
     path's forward, input gradient and accumulated weight gradient."""
     rng = np.random.default_rng(14)
     x = rng.standard_normal(shape)
-    monkeypatch.setattr(conv_module, "COL_BUFFER_BYTES", budget)
+    monkeypatch.setattr(conv_products, "COL_BUFFER_BYTES", budget)
     results, params = [], []
     for limit, used in ((0, False), (1 << 20, True)):
-        monkeypatch.setattr(conv_module, "CHANNEL_MAJOR_MAX_POSITIONS", limit)
-        monkeypatch.setattr(conv_module,
+        monkeypatch.setattr(conv_products, "CHANNEL_MAJOR_MAX_POSITIONS", limit)
+        monkeypatch.setattr(conv_products,
                             "CHANNEL_MAJOR_MAX_POSITIONS_STRIDE_1", limit)
         layer, out = forward_backward_twice(conv_text(kind, 6, extra), x,
                                             params)

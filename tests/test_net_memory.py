@@ -72,9 +72,10 @@ def _peak_forward(path, weights, x, memory):
 
 def test_outputs_identical_and_peak_lower(model):
     path, weights, x = model
-    # Warm up first: the per-thread column buffers (conv.py's _scratch)
-    # outlive nets, and whichever measured forward first allocated them
-    # would carry them (the suite's order decided the outcome).
+    # Warm up first: the per-thread column buffers (_scratch in
+    # protonet/layers/conv_products.py) outlive nets, and whichever measured
+    # forward first allocated them would carry them (the suite's order
+    # decided the outcome).
     _peak_forward(path, weights, x, None)
     _, ref, ref_peak, ref_loaded = _peak_forward(path, weights, x, None)
     net, out, peak, loaded = _peak_forward(path, weights, x, "inference")
