@@ -32,6 +32,7 @@ Accuracy (float32, relative to max|out|, 512 input channels): F(2x2) about
 tolerance (atol 1e-5 of max|out|, rtol 1e-4); see tests/test_winograd.py.
 """
 
+import threading
 from functools import partial
 
 import numpy as np
@@ -140,24 +141,37 @@ class Winograd3x3:
         """U = G g G^T as (alpha^2, groups, Cout/groups, Cin/groups),
         one GEMM (G x G) @ taps in the layer's dtype, cached until `w`
         (Cout, Cin/groups, 3, 3) changes; for the adjoint, Cin and Cout
-        exchanged, of the flipped kernel."""
-        # One (weights, U) entry, replaced whole: threads sharing the cache
-        # never see a U with another transform's weights.
-        entry = self._cache.get("entry")
-        if entry is not None and entry[0].shape == w.shape and \
-                np.array_equal(entry[0], w):
-            return entry[1]
-        G = self.groups
-        g = w.reshape((G, -1) + w.shape[1:])  # (G, Cout/G, Cin/G, 3, 3)
-        if self.adjoint:
-            g = g[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-        Mg, Cg = g.shape[1:3]
-        taps = np.ascontiguousarray(np.moveaxis(
-            g.reshape(G, Mg, Cg, 9), 3, 0), dtype=self.dtype)
-        U = self._weight_map @ taps.reshape(9, -1)  # (alpha^2, G*Mg*Cg)
-        U = U.reshape(self.alpha ** 2, G, Mg, Cg)
-        self._cache["entry"] = (w.copy(), U)
-        return U
+        exchanged, of the flipped kernel.
+
+        After a solver update the new U is written over the old one (no
+        new arrays each step).  The lock makes the check and the rewrite
+        one step for the threads sharing the cache (batch-split clones):
+        they run the same layer on the same weights, so none is still
+        reading the old U when the weights have changed.
+        """
+        cache = self._cache
+        with cache.setdefault("lock", threading.Lock()):
+            entry = cache.get("entry")
+            if entry is not None and entry[0].shape == w.shape and \
+                    np.array_equal(entry[0], w):
+                return entry[1]
+            G = self.groups
+            g = w.reshape((G, -1) + w.shape[1:])  # (G, Cout/G, Cin/G, 3, 3)
+            if self.adjoint:
+                g = g[..., ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+            Mg, Cg = g.shape[1:3]
+            shape = (self.alpha ** 2, G, Mg, Cg)
+            if entry is None or entry[0].shape != w.shape \
+                    or entry[0].dtype != w.dtype:
+                entry = (np.empty_like(w), np.empty(shape, self.dtype),
+                         np.empty((9, G, Mg, Cg), self.dtype))
+            taps, U = entry[2], entry[1]
+            taps[...] = np.moveaxis(g.reshape(G, Mg, Cg, 9), 3, 0)
+            np.matmul(self._weight_map, taps.reshape(9, -1),
+                      out=U.reshape(self.alpha ** 2, -1))
+            entry[0][...] = w
+            cache["entry"] = entry
+            return U
 
     def forward(self, x, w, out, parallel=True):
         """out = conv(x, w) (no bias).

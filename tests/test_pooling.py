@@ -130,6 +130,31 @@ def test_overlapping_max_windows_accumulate():
     assert bottom[0].diff[0, 0, 1, 1] == 10 and bottom[0].diff.sum() == 10
 
 
+
+def test_max_backward_allocates_no_index_sized_temporary():
+    """The window offsets (int8) become flat bottom indices in the layer's
+    own buffer: np.take on the int8 array would first copy it to a new intp
+    array as large as the top (8 bytes an element) on every backward."""
+    import tracemalloc
+    x = np.random.default_rng(0).standard_normal((8, 16, 64, 64))
+    layer, bottom, top = make_layer(pool_text("MAX", "kernel_size: 3 "
+                                              "stride: 2"), [x],
+                                    phase=caffe_pb2.TRAIN, dtype=np.float32)
+    layer.forward(bottom, top)
+    top[0].diff[...] = 1
+    layer.backward(top, [True], bottom)  # makes the reused index buffers
+    expect = bottom[0].diff.copy()
+    tracemalloc.start()
+    try:
+        layer.forward(bottom, top)
+        layer.backward(top, [True], bottom)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    index_bytes = top[0].count * np.dtype(np.intp).itemsize  # 1 MiB here
+    assert peak < index_bytes // 4, (peak, index_bytes)
+    np.testing.assert_array_equal(bottom[0].diff, expect)
+
 def test_ave_pad_divisor_counts_padding_inside_h_plus_pad():
     x = np.ones((1, 1, 5, 5))
     layer, bottom, top = make_layer(pool_text("AVE", "kernel_size: 3 stride: 2 "

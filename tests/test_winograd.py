@@ -113,10 +113,19 @@ def test_weight_cache_follows_in_place_changes():
     out = np.empty((2, 3, 8, 8))
     op.forward(x, w, out)
     np.testing.assert_allclose(out, direct_conv(x, w, (1, 1)), atol=1e-12)
+    U = op.transformed_weights(w)
     w *= -2.0  # as a solver update would: same array, new values
     op.release()
     op.forward(x, w, out)
     np.testing.assert_allclose(out, direct_conv(x, w, (1, 1)), atol=1e-12)
+    # The new transform is written over the old one: no new arrays a step.
+    assert op.transformed_weights(w) is U
+    # Weights of another shape get arrays of their own.
+    w2 = rng.standard_normal((5, 4, 3, 3))
+    out2 = np.empty((2, 5, 8, 8))
+    op.forward(x, w2, out2)
+    np.testing.assert_allclose(out2, direct_conv(x, w2, (1, 1)), atol=1e-12)
+    assert op.transformed_weights(w2).shape == (36, 1, 5, 4)
 
 
 def test_bad_tile_size():
