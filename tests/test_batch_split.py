@@ -201,6 +201,66 @@ def test_solver_steps_match(monkeypatch, split, tmp_path):
                                        atol=1e-6, err_msg=name)
 
 
+
+WINOGRAD_NET = """
+layer { name: 'data' type: 'Input' top: 'data'
+        input_param { shape { dim: 4 dim: 64 dim: 8 dim: 8 } } }
+layer { name: 'label' type: 'Input' top: 'label'
+        input_param { shape { dim: 4 } } }
+layer { name: 'c1' type: 'Convolution' bottom: 'data' top: 'c1'
+        convolution_param { num_output: 64 kernel_size: 3 pad: 1
+          weight_filler { type: 'gaussian' std: 0.05 } } }
+layer { name: 'r1' type: 'ReLU' bottom: 'c1' top: 'c1' }
+layer { name: 'c2' type: 'Convolution' bottom: 'c1' top: 'c2'
+        convolution_param { num_output: 64 kernel_size: 3 pad: 1
+          weight_filler { type: 'gaussian' std: 0.05 } } }
+layer { name: 'ave' type: 'Pooling' bottom: 'c2' top: 'ave'
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: 'ip' type: 'InnerProduct' bottom: 'ave' top: 'ip'
+        inner_product_param { num_output: 3
+          weight_filler { type: 'gaussian' std: 0.3 } } }
+layer { name: 'loss' type: 'SoftmaxWithLoss' bottom: 'ip' bottom: 'label'
+        top: 'loss' }
+"""
+
+
+def test_solver_steps_with_winograd_match_gemm_path(monkeypatch, split):
+    """Training steps through Winograd layers (forward and input gradient),
+    whole and split over clones that share the transformed weights, match
+    the GEMM path: each update's new weights are transformed (in place)
+    before the next forward."""
+    from protonet.layers import conv_products
+
+    def train(mode, winograd):
+        monkeypatch.setenv("PROTONET_BATCH_SPLIT", mode)
+        monkeypatch.setattr(conv_products, "WINOGRAD_MIN_CHANNELS",
+                            64 if winograd else 1 << 30)
+        protonet.set_random_seed(7)
+        sp = caffe_pb2.SolverParameter(
+            net_param=io.parse_net_text(WINOGRAD_NET), base_lr=0.5,
+            lr_policy="fixed", momentum=0.9, max_iter=4, display=0,
+            snapshot_after_train=False)
+        solver = protonet.get_solver(sp)
+        net = solver.net
+        assert all(net.layers[net.layer_names.index(n)]._use_wino is winograd
+                   for n in ("c1", "c2"))
+        net.blobs["data"].data[...] = np.random.RandomState(1).randn(
+            *net.blobs["data"].shape)
+        net.blobs["label"].data[...] = [0, 1, 2, 1]
+        solver.step(4)
+        return net
+    gemm = train("0", False)
+    for mode in ("0", "1"):
+        net = train(mode, True)
+        if mode == "1":
+            assert {"c1", "c2"} <= set(_split_layers(net))
+        for name in ("c1", "c2", "ip"):
+            for pa, pb in zip(gemm.params[name], net.params[name]):
+                moved = np.abs(pa.data).max()
+                np.testing.assert_allclose(pb.data, pa.data, rtol=0,
+                                           atol=2e-5 * moved,
+                                           err_msg=f"{name} split={mode}")
+
 @register("TestBadSplit")
 class _BadSplitLayer(Layer):
     """Claims to be batch-separable, but its top's second axis depends on
