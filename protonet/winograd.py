@@ -40,6 +40,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import threads
 
+_TRANSFORM_LOCK = threading.Lock()  # see Winograd3x3.transformed_weights
+
 # Transform matrices (B^T, G, A^T) per output tile size m.
 _MATRICES = {
     2: ([[1, 0, -1, 0],
@@ -147,10 +149,11 @@ class Winograd3x3:
         new arrays each step).  The lock makes the check and the rewrite
         one step for the threads sharing the cache (batch-split clones):
         they run the same layer on the same weights, so none is still
-        reading the old U when the weights have changed.
+        reading the old U when the weights have changed.  (One lock for
+        all: the cache stays plain arrays, and the check is short.)
         """
         cache = self._cache
-        with cache.setdefault("lock", threading.Lock()):
+        with _TRANSFORM_LOCK:
             entry = cache.get("entry")
             if entry is not None and entry[0].shape == w.shape and \
                     np.array_equal(entry[0], w):
