@@ -96,7 +96,7 @@ class PoolingLayer(Layer):
     def setup(self, bottom, top):
         p = self.param.pooling_param
         self.pool = p.pool
-        self._argkey = self._fwdbuf = self._bwdbuf = None
+        self._argkey = self._bwdbuf = self._idx_buf = None
         if self.pool not in (_PP.MAX, _PP.AVE, _PP.STOCHASTIC):
             raise UnsupportedError(self, f"unknown pool method {self.pool}")
         if len(top) > 1 and self.pool != _PP.MAX:
@@ -193,7 +193,8 @@ class PoolingLayer(Layer):
         self._pool_size = np.outer(size_h, size_w).astype(self.dtype)
         self._idx = None
         if (N, C, H, W) != self._argkey:  # argmax scratch: made on first use
-            self._argkey, self._scratch, self._bwdbuf = (N, C, H, W), {}, None
+            self._argkey, self._scratch = (N, C, H, W), {}
+            self._bwdbuf = self._idx_buf = None
 
     def _clipped_taps(self, H, W):
         """(k, out, inp) per window offset k = i*kw + j: the outputs whose
@@ -360,10 +361,10 @@ class PoolingLayer(Layer):
         want_idx = not self.forward_only or len(top) > 1
         idx = None
         if want_idx:  # kept across forwards (no fresh pages each time)
-            idx = getattr(self, "_idx_buf", None)
-            dtype = np.int8 if K <= 127 else np.int32
-            if idx is None or idx.shape != y.shape or idx.dtype != dtype:
-                idx = self._idx_buf = np.empty(y.shape, dtype)
+            if self._idx_buf is None:
+                self._idx_buf = np.empty(
+                    y.shape, np.int8 if K <= 127 else np.int32)
+            idx = self._idx_buf
 
         weights = None if idx is None else \
             np.arange(K, 0, -1, dtype=idx.dtype).reshape((K, 1, 1, 1))
