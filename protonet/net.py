@@ -69,8 +69,9 @@ class Net(PycaffeNetMixin):
 
     Args:
         model: path to a net prototxt, or a NetParameter.
-        weights: optional .caffemodel path (or several, comma-separated) whose
-            parameters are copied in by layer name.
+        weights: optional .caffemodel (or .h5) path whose parameters are
+            copied in by layer name.  One path, commas included, as in
+            pycaffe; only the CLI's --weights splits a list at commas.
         phase: TRAIN or TEST (default: the net's `state.phase`, else TEST).
         level, stages: the NetState level and stages.
         dtype: float32 (Caffe's default) or float64 (for gradient checks).
@@ -120,8 +121,7 @@ class Net(PycaffeNetMixin):
         with _limits.limit(max_memory):
             self._init(param)
         if weights:
-            for w in str(weights).split(","):
-                self.copy_from(w)
+            self.copy_from(weights)
         if memory == "inference":
             # Setup sized every activation and scratch buffer; drop them now.
             self._release(b for ids in self.release_plan().values()
