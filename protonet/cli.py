@@ -385,6 +385,8 @@ TOOLS = {
     "summary": ("protonet.tools.summary_cmd",
                 "per-layer shapes, memory, parameters, multiply-adds"),
     "draw": ("protonet.tools.draw_cmd", "draw a net with Graphviz"),
+    "run": ("protonet.tools.run_cmd",
+            "run an unchanged pycaffe script (`import caffe` loads protonet)"),
 }
 
 

@@ -14,7 +14,9 @@ import.
 import contextlib
 import contextvars
 import importlib
+import importlib.util
 import os
+import sys
 
 import numpy as np
 
@@ -62,6 +64,58 @@ def python_layers_allowed():
                                                           "on")
 
 
+def _expose_caffe():
+    """Let the layer's module `import caffe` and get protonet, as it would
+    get pycaffe under Caffe.  A different `caffe` the process imported on
+    purpose is left alone."""
+    current = sys.modules.get("caffe")
+    if current is None or getattr(current, "__name__", "") == "protonet":
+        from ..pycaffe import install_caffe_alias
+        install_caffe_alias()
+
+
+def _missing_is_the_module(err, module):
+    """True when the ImportError is about `module` itself (or a package
+    above it), not about something the module imports."""
+    missing = getattr(err, "name", None)
+    return missing is not None and (module == missing or
+                                    module.startswith(missing + "."))
+
+
+def _import_layer_module(layer, module, class_name):
+    """Import python_param.module for `layer`, with errors that say which
+    module is missing: the layer's own, or one it imports."""
+    _expose_caffe()
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        if isinstance(e, ModuleNotFoundError) and \
+                _missing_is_the_module(e, module):
+            path = os.pathsep.join(p or "." for p in sys.path)
+            raise LayerError(
+                layer, f"cannot import Python module '{module}' "
+                f"(python_param.module) for class '{class_name}': no module "
+                f"named '{e.name}' on the search path {path}. The module "
+                "ships with the model's own code, not with protonet: add "
+                "its folder to PYTHONPATH") from e
+        raise LayerError(layer, f"importing Python module '{module}' "
+                         f"({_origin(module)}) failed: {type(e).__name__}: "
+                         f"{e}") from e
+    except Exception as e:          # the module's own top-level code failed
+        raise LayerError(layer, f"importing Python module '{module}' "
+                         f"({_origin(module)}) failed: "
+                         f"{type(e).__name__}: {e}") from e
+
+
+def _origin(module):
+    """The file a module would be loaded from, for error messages."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except Exception:       # a parent package failed to import
+        spec = None
+    return getattr(spec, "origin", None) or "location unknown"
+
+
 class BlobVec(list):
     """pycaffe's `self.blobs` of a Python layer: a list with add_blob."""
 
@@ -88,11 +142,16 @@ class PythonLayer(Layer):
     Shape: whatever the user's reshape sets.  Supports python_param.{module,
     layer, param_str}; share_in_parallel is irrelevant on one CPU.
 
+    The module sees `caffe` as protonet (`import caffe`, `from caffe import
+    Layer`, ...), as it would see pycaffe under Caffe.
+
     Errors: not allowed -> SecurityError naming the layer, module and switch;
-    a module that cannot be imported (e.g. py-faster-rcnn's
+    a module that is not on the search path (e.g. py-faster-rcnn's
     `roi_data_layer.layer`, which ships with the model's code, not protonet)
-    or lacks the class -> LayerError naming it; an exception inside the user's
-    code -> LayerError naming the layer and method, the original as __cause__.
+    -> LayerError naming it and sys.path; a module whose own imports or code
+    fail -> LayerError naming its file and the error; a missing class ->
+    LayerError naming it; an exception inside the user's code -> LayerError
+    naming the layer and method, the original as __cause__.
     """
 
     def __init__(self, param, dtype=np.float32):
@@ -110,17 +169,7 @@ class PythonLayer(Layer):
                 "this model, allow them with protonet.allow_python_layers(True),"
                 " the CLI flag "
                 f"--allow-python-layer, or {ENV_VAR}=1")
-        try:
-            module = importlib.import_module(p.module)
-        except ImportError as e:
-            raise LayerError(self, f"cannot import Python module '{p.module}' "
-                             f"(python_param.module) for class '{p.layer}': "
-                             f"{e}. The module ships with the model's own "
-                             "code, not with protonet: put its folder on "
-                             "PYTHONPATH") from e
-        except Exception as e:          # the module's own top-level code failed
-            raise LayerError(self, f"importing Python module '{p.module}' "
-                             f"failed: {type(e).__name__}: {e}") from e
+        module = _import_layer_module(self, p.module, p.layer)
         cls = getattr(module, p.layer, None)
         if not isinstance(cls, type):
             raise LayerError(self, f"Python module '{p.module}' has no class "
