@@ -11,7 +11,8 @@ Mirrors: python/caffe/io.py
 
 import numpy as np
 
-from .errors import DataError, ProtonetError, UnsupportedError
+from .errors import DataError, ProtonetError
+from .image_resize import resize_image  # noqa: F401  (caffe.io.resize_image)
 from .proto import caffe_pb2
 
 
@@ -217,9 +218,18 @@ class Transformer:
 
     def set_mean(self, in_, mean):
         """The mean to subtract: per channel (K,), or elementwise (K, H, W)
-        or (H, W) matching the input exactly."""
+        or (H, W).
+
+        An elementwise mean of another height and width (the 256 x 256
+        ImageNet mean for a 227 x 227 input) is resized to the input's, as
+        the fix to pycaffe's io.py that classify.py's defaults rely on does:
+        scaled to [0, 1], `resize_image`d, scaled back.  (Upstream pycaffe
+        raises ValueError there.)  The channel count must match.
+        """
         self._check_input(in_)
-        mean = np.asarray(mean, dtype=np.float32)
+        mean = np.asarray(mean)
+        if mean.dtype.kind != "f":
+            mean = mean.astype(np.float32)
         ms = mean.shape
         if mean.ndim == 1:
             if ms[0] != self.inputs[in_][1]:
@@ -233,19 +243,30 @@ class Transformer:
             if len(ms) != 3:
                 raise ValueError(f"Mean shape invalid: expected (K,), (H, W) "
                                  f"or (K, H, W), got {mean.shape}")
-            if ms != self.inputs[in_][1:]:
+            if ms[0] != self.inputs[in_][1]:
                 raise ValueError(
                     f"Mean shape incompatible with input shape: input "
                     f"'{in_}' is {self.inputs[in_][1:]} (K, H, W), the mean is "
-                    f"{mean.shape}; crop or resize the mean, or use its "
-                    "per-channel average mean.mean(1).mean(1)")
+                    f"{mean.shape}: the channel counts differ")
             mean = mean.reshape(ms)
-        self.mean[in_] = mean
+            if ms != self.inputs[in_][1:]:
+                mean = _resize_mean(mean, self.inputs[in_][2:])
+        self.mean[in_] = mean.astype(np.float32)
 
     def set_input_scale(self, in_, scale):
         """Multiply the preprocessed input by `scale`, after the mean."""
         self._check_input(in_)
         self.input_scale[in_] = scale
+
+
+def _resize_mean(mean, dims):
+    """A (K, H, W) mean resized to `dims` (h, w) through `resize_image`."""
+    m_min, m_max = mean.min(), mean.max()
+    if not m_max > m_min:
+        return np.full(mean.shape[:1] + tuple(dims), m_min, mean.dtype)
+    normal = (mean - m_min) / (m_max - m_min)
+    resized = resize_image(normal.transpose((1, 2, 0)), dims)
+    return resized.transpose((2, 0, 1)) * (m_max - m_min) + m_min
 
 
 # ---------------------------------------------------------------------------
@@ -288,65 +309,6 @@ def load_image(filename, color=True):
     elif img.shape[2] == 4:
         img = img[:, :, :3]
     return img
-
-
-def _resize_axis(im, axis, new, order):
-    """Resize one axis with pixel-centre alignment (skimage's convention:
-    source coordinate = (i + 0.5) * old / new - 0.5), clamped at the edges."""
-    old = im.shape[axis]
-    if old == new:
-        return im
-    pos = (np.arange(new) + 0.5) * (old / new) - 0.5
-    if order == 0:
-        idx = np.clip(np.floor(pos + 0.5).astype(np.int64), 0, old - 1)
-        return np.take(im, idx, axis=axis)
-    pos = np.clip(pos, 0, old - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, old - 1)
-    frac = (pos - lo).astype(im.dtype)
-    shape = [1] * im.ndim
-    shape[axis] = new
-    frac = frac.reshape(shape)
-    a, b = np.take(im, lo, axis=axis), np.take(im, hi, axis=axis)
-    return a + (b - a) * frac
-
-
-def resize_image(im, new_dims, interp_order=1):
-    """Resize an H x W x K image to `new_dims` (height, width).
-
-    interp_order 0 (nearest) and 1 (bilinear, the default) are computed here
-    in NumPy with pixel-centre alignment; orders 2-5 (spline) use
-    scipy.ndimage.zoom when SciPy is installed.  A constant image stays
-    constant.  Returns float32.
-    """
-    im = np.asarray(im)
-    if im.ndim != 3:
-        raise ValueError(f"resize_image expects an H x W x K array, got shape "
-                         f"{im.shape}")
-    new_dims = tuple(int(d) for d in new_dims)
-    if len(new_dims) != 2 or min(new_dims) <= 0:
-        raise ValueError(f"new_dims must be (height, width) > 0, got {new_dims}")
-    im_min, im_max = im.min(), im.max()
-    if im_max == im_min:
-        return np.full(new_dims + (im.shape[-1],), im_min, dtype=np.float32)
-    if interp_order in (0, 1):
-        out = im.astype(np.float64)
-        out = _resize_axis(out, 0, new_dims[0], interp_order)
-        out = _resize_axis(out, 1, new_dims[1], interp_order)
-        return out.astype(np.float32)
-    if interp_order not in (2, 3, 4, 5):
-        raise ValueError(f"interp_order must be 0..5, got {interp_order}")
-    try:
-        from scipy.ndimage import zoom
-    except ImportError:
-        raise UnsupportedError(None, f"resize_image with interp_order="
-                               f"{interp_order} needs SciPy (pip install "
-                               "scipy); orders 0 and 1 work without it") \
-            from None
-    scale = (new_dims[0] / im.shape[0], new_dims[1] / im.shape[1], 1)
-    out = zoom(im.astype(np.float64), scale, order=interp_order,
-               mode="nearest", grid_mode=True)
-    return out.astype(np.float32)
 
 
 def _crop_boxes(im_shape, crop_dims):
