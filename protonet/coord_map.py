@@ -28,6 +28,11 @@ class AxisMismatchException(ProtonetError):
     """Two maps act on different axes and cannot be composed."""
 
 
+class CropAssertionError(ProtonetError, AssertionError):
+    """A crop pycaffe refuses with an `assert`: an AssertionError (as
+    pycaffe raises) that is also a ProtonetError."""
+
+
 def _field(params, name, default):
     value = params.get(name, default)
     return np.array(value, ndmin=1)
@@ -41,9 +46,9 @@ def conv_params(fn):
     legacy = {"pad_h", "pad_w", "kernel_h", "kernel_w", "stride_h",
               "stride_w"} & set(params)
     if legacy:
-        raise ProtonetError(f"coord_map: {fn.type_name} uses "
-                            f"{', '.join(sorted(legacy))}; cropping does not "
-                            "support the legacy _h/_w fields")
+        raise CropAssertionError(f"cropping does not support legacy _h/_w "
+                                 f"params ({fn.type_name} uses "
+                                 f"{', '.join(sorted(legacy))})")
     if "kernel_size" not in params:
         raise UndefinedMapException(f"coord_map: {fn.type_name} has no "
                                     "kernel_size (global pooling?)")
@@ -55,7 +60,8 @@ def conv_params(fn):
 
 
 def crop_params(fn):
-    """(axis, offset) of a Crop call, with Caffe's defaults (axis 2)."""
+    """(axis, offset) of a Crop call, with Caffe's defaults (axis 2, the
+    first axis the Crop layer cuts)."""
     params = fn.params.get("crop_param", fn.params)
     return params.get("axis", 2), _field(params, "offset", 0)
 
@@ -73,7 +79,9 @@ def coord_map(fn):
         return None, 1, 0
     if fn.type_name == "Crop":
         axis, offset = crop_params(fn)
-        return axis, 1, -offset
+        # NOTE(caffe): maps carry the last axis *before* the spatial ones
+        # (a convolution's channel axis); a Crop names its first cut axis.
+        return axis - 1, 1, -offset
     raise UndefinedMapException(f"coord_map: no coordinate map for "
                                 f"{fn.type_name}")
 
@@ -148,18 +156,16 @@ def crop(top_from, top_to):
     if ax is None:
         raise ProtonetError("crop: the tops are related by pointwise layers "
                             "only; there is nothing to crop")
-    a, b = np.atleast_1d(a), np.atleast_1d(b)
-    if not (a == 1).all():
-        raise ProtonetError(f"crop: scale mismatch between the tops "
-                            f"(a = {a}); they must have the same resolution")
-    if not (b <= 0).all():
-        raise ProtonetError(f"crop: cannot crop negative width (b = {b}): "
-                            "top_from is smaller than top_to")
-    if not (np.round(b) == b).all():
-        raise ProtonetError(f"crop: cannot crop a non-integer offset "
-                            f"(b = {b})")
-    # NOTE(caffe): the maps carry the convolution's channel axis; the
-    # spatial axes, which the Crop layer cuts, start one after it.
+    # pycaffe asserts these; the messages are pycaffe's, the types both.
+    if not np.all(a == 1):
+        raise CropAssertionError(f"scale mismatch on crop (a = {a}): the "
+                                 "tops must have the same resolution")
+    if not np.all(b <= 0):
+        raise CropAssertionError(f"cannot crop negative offset (b = {b}): "
+                                 "top_from is smaller than top_to")
+    if not np.all(np.round(b) == b):
+        raise CropAssertionError(f"cannot crop noninteger offset (b = {b})")
+    # The maps carry the axis before the first spatial one (see coord_map).
     return L.Crop(top_from, top_to,
-                  crop_param=dict(axis=ax + 1, offset=[int(v) for v in
-                                                   -np.round(b)]))
+                  crop_param=dict(axis=ax + 1, offset=[
+                      int(v) for v in -np.round(np.atleast_1d(b))]))

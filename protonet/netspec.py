@@ -85,6 +85,9 @@ class Top:
     def to_proto(self):
         return to_proto(self)
 
+    def _update(self, params):
+        self.fn.params.update(params)
+
     def _to_proto(self, layers, names, autonames):
         return self.fn._to_proto(layers, names, autonames)
 
@@ -96,9 +99,9 @@ class Function:
         self.type_name = type_name
         for i, inp in enumerate(inputs):
             if not isinstance(inp, Top):
-                raise NetSpecTypeError(f"{type_name}: bottom {i} must be the "
-                                       "top of another layer, got "
-                                       f"{type(inp).__name__}")
+                # pycaffe's exact message: scripts and tests match it.
+                raise NetSpecTypeError(f"{type_name} input {i} is not a Top "
+                                       f"(type is {type(inp)})")
         self.inputs = inputs
         self.params = dict(params)
         self.ntop = self.params.pop("ntop", 1)
@@ -183,6 +186,14 @@ class NetSpec:
 
     def keys(self):
         return list(self.tops)
+
+    def vals(self):
+        return list(self.tops.values())
+
+    def update(self, name, params):
+        """Merge `params` into the keyword arguments of the layer whose top
+        is `name` (pycaffe's NetSpec.update)."""
+        self.tops[name]._update(params)
 
     def to_proto(self):
         names = {v: k for k, v in self.tops.items()}

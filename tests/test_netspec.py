@@ -59,5 +59,5 @@ def test_unknown_parameter_names_layer_and_field():
 
 
 def test_bottom_must_be_a_top():
-    with pytest.raises(ProtonetError, match="bottom 0 must be the top"):
+    with pytest.raises(ProtonetError, match="ReLU input 0 is not a Top"):
         L.ReLU("data")
