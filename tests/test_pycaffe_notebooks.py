@@ -1,0 +1,138 @@
+"""Scripts that use pycaffe's API the way Caffe's example notebooks and
+python/*.py tools do, run unmodified with `protonet run` (so `import caffe`
+is protonet) on tiny nets and local data.
+
+Each script lives in tests/fixtures/pycaffe_scripts and names the notebook
+it follows; the downloads of the originals (CaffeNet weights, ImageNet mean,
+PASCAL, MNIST) are replaced by what `model()` and the tests write here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import protonet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "tests", "fixtures", "pycaffe_scripts")
+
+# A CaffeNet in miniature: conv-relu-pool-norm, fc-relu-dropout, fc, softmax.
+DEPLOY = """
+name: "MiniNet"
+layer { name: "data" type: "Input" top: "data"
+        input_param { shape { dim: 2 dim: 3 dim: 19 dim: 19 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 8 kernel_size: 3 stride: 2
+          weight_filler { type: "gaussian" std: 0.05 }
+          bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1"
+        lrn_param { local_size: 5 alpha: 0.0001 beta: 0.75 } }
+layer { name: "fc6" type: "InnerProduct" bottom: "norm1" top: "fc6"
+        inner_product_param { num_output: 16
+          weight_filler { type: "gaussian" std: 0.05 }
+          bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }
+layer { name: "drop6" type: "Dropout" bottom: "fc6" top: "fc6" }
+layer { name: "fc8" type: "InnerProduct" bottom: "fc6" top: "fc8"
+        inner_product_param { num_output: 5
+          weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "prob" type: "Softmax" bottom: "fc8" top: "prob" }
+"""
+LABELS = ["n0 red", "n1 green", "n2 blue", "n3 dark", "n4 bright"]
+
+
+def model(folder):
+    """Deploy prototxt, weights (named with a comma, as the fine-tuning
+    notebook's), a 3 x 24 x 24 mean image, labels and three photos."""
+    paths = {"deploy": folder / "deploy.prototxt",
+             "weights": folder / "mini, v1.caffemodel",
+             "mean": folder / "mean.npy", "labels": folder / "synsets.txt"}
+    paths["deploy"].write_text(DEPLOY)
+    protonet.set_random_seed(3)
+    protonet.Net(str(paths["deploy"]), protonet.TEST).save(
+        str(paths["weights"]))
+    rng = np.random.default_rng(0)
+    np.save(paths["mean"], 100 + 30 * rng.random((3, 24, 24)))
+    paths["labels"].write_text("\n".join(LABELS) + "\n")
+    (folder / "images").mkdir()
+    for i in range(3):
+        photo = (rng.random((30, 26, 3)) * 255).astype(np.uint8)
+        Image.fromarray(photo).save(folder / "images" / f"im{i}.png")
+    paths["image"] = folder / "images" / "im0.png"
+    return {k: str(v) for k, v in paths.items()}
+
+
+def protonet_run(script, *args, cwd, allow_python_layer=False):
+    """`protonet run [--allow-python-layer] script args...` in a fresh
+    interpreter; returns the completed process (exit status checked)."""
+    env = dict(os.environ)
+    env.pop("PROTONET_ALLOW_PYTHON_LAYER", None)
+    env["PYTHONPATH"] = ROOT
+    env["MPLBACKEND"] = "Agg"
+    cmd = [sys.executable, "-m", "protonet.cli", "run"]
+    if allow_python_layer:
+        cmd.append("--allow-python-layer")
+    proc = subprocess.run(cmd + [os.path.join(SCRIPTS, script), *args],
+                          cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def result(proc):
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(line[-1][len("RESULT "):])
+
+
+def test_classification_notebook(tmp_path):
+    m = model(tmp_path)
+    r = result(protonet_run("classification.py", m["deploy"], m["weights"],
+                            m["mean"], m["image"], m["labels"], cwd=tmp_path))
+    # Checked against protonet used directly (pycaffe's API, no alias).
+    net = protonet.Net(m["deploy"], m["weights"], protonet.TEST)
+    t = protonet.io.Transformer({"data": net.blobs["data"].data.shape})
+    t.set_transpose("data", (2, 0, 1))
+    t.set_mean("data", np.load(m["mean"]).mean(1).mean(1))
+    t.set_raw_scale("data", 255)
+    t.set_channel_swap("data", (2, 1, 0))
+    x = t.preprocess("data", protonet.io.load_image(m["image"]))
+    prob = net.forward(data=np.stack([x, x]))["prob"][0]
+    assert r["label"] == LABELS[prob.argmax()]
+    assert r["top"] == [int(i) for i in prob.argsort()[::-1][:3]]
+    assert r["prob_sum"] == pytest.approx(1, abs=1e-5)
+    assert r["batch_rows_agree"] < 1e-6
+    assert r["blobs"][0] == ["data", [6, 3, 19, 19]]
+    assert [b[0] for b in r["blobs"]] == ["data", "conv1", "pool1", "norm1",
+                                          "fc6", "fc8", "prob"]
+    assert r["params"][0] == ["conv1", [8, 3, 3, 3], [8]]
+    assert r["filters_range"] == [0.0, 1.0] and r["feat_shape"] == [4, 9, 9]
+    assert r["restored_error"] < 1e-4
+    assert r["classifier_prob_sum"] == pytest.approx(1, abs=1e-5)
+
+
+def test_classify_py_with_a_mean_of_another_size(tmp_path):
+    m = model(tmp_path)
+    common = ["--model_def", m["deploy"], "--pretrained_model", m["weights"],
+              "--mean_file", m["mean"], "--images_dim", "24,24"]
+    protonet_run("classify.py", m["image"], "one.npy", *common, cwd=tmp_path)
+    protonet_run("classify.py", str(tmp_path / "images"), "all.npy",
+                 "--ext", "png", "--center_only", *common, cwd=tmp_path)
+    one, every = np.load(tmp_path / "one.npy"), np.load(tmp_path / "all.npy")
+    assert one.shape == (1, 5) and every.shape == (3, 5)
+    np.testing.assert_allclose(every.sum(1), 1, rtol=1e-5)
+    # The same prediction made with protonet's Classifier directly.
+    clf = protonet.Classifier(m["deploy"], m["weights"], image_dims=(24, 24),
+                              mean=np.load(m["mean"]), raw_scale=255,
+                              channel_swap=(2, 1, 0))
+    image = protonet.io.load_image(m["image"])
+    np.testing.assert_allclose(one, clf.predict([image]), rtol=1e-5)
+    np.testing.assert_allclose(every[:1], clf.predict([image], False),
+                               rtol=1e-5)
