@@ -277,8 +277,10 @@ def load_image(filename, color=True):
     """Load an image as float32 in [0, 1], H x W x 3 (RGB) or H x W x 1.
 
     Grayscale images are tiled to three channels when `color`; an alpha
-    channel is dropped.  Integer images are divided by their dtype's maximum
-    (skimage's img_as_float, which pycaffe uses).  Needs Pillow.
+    channel is dropped.  With `color=False` a color image is converted to
+    intensity, as pycaffe's skimage.io.imread(..., as_gray=True) does.
+    Integer images are divided by their dtype's maximum (skimage's
+    img_as_float, which pycaffe uses).  Needs Pillow.
     """
     try:
         from PIL import Image
@@ -302,6 +304,8 @@ def load_image(filename, color=True):
         img = arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
     else:
         img = arr.astype(np.float32)
+    if img.ndim == 3 and not color:
+        img = _as_gray(img)
     if img.ndim == 2:
         img = img[:, :, np.newaxis]
         if color:
@@ -309,6 +313,17 @@ def load_image(filename, color=True):
     elif img.shape[2] == 4:
         img = img[:, :, :3]
     return img
+
+
+def _as_gray(img):
+    """A color image as one intensity plane, as pycaffe's
+    `skimage.io.imread(filename, as_gray=True)`: RGBA is first composited
+    on white, then Y = 0.2125 R + 0.7154 G + 0.0721 B."""
+    rgb = img[..., :3].astype(np.float64)
+    if img.shape[2] == 4:
+        alpha = img[..., 3:4].astype(np.float64)
+        rgb = np.clip((1 - alpha) + alpha * rgb, 0, 1)
+    return (rgb @ np.array([0.2125, 0.7154, 0.0721])).astype(np.float32)
 
 
 def _crop_boxes(im_shape, crop_dims):

@@ -144,3 +144,20 @@ def test_classifier_takes_an_imagenet_style_mean_file(tmp_path):
     probs = clf.predict([image((40, 50, 3)) / 255], oversample=True)
     assert probs.shape == (1, 4)
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_load_image_color_false_reads_intensity_like_skimage(tmp_path, mode):
+    """pycaffe: img_as_float(skimage.io.imread(f, as_gray=not color))."""
+    from PIL import Image
+    import skimage.io
+    from skimage import img_as_float
+    pixels = (np.random.default_rng(2).random((5, 7, 4)) * 255).astype(np.uint8)
+    pixels = {"RGB": pixels[..., :3], "RGBA": pixels, "L": pixels[..., 0]}[mode]
+    path = str(tmp_path / "im.png")
+    Image.fromarray(pixels, mode).save(path)
+    got = caffe.io.load_image(path, color=False)
+    ref = img_as_float(skimage.io.imread(path, as_gray=True)).astype(np.float32)
+    assert got.shape == (5, 7, 1) and got.dtype == np.float32
+    np.testing.assert_allclose(got[..., 0], ref, atol=1e-6)
+    assert caffe.io.load_image(path).shape == (5, 7, 3)

@@ -136,3 +136,16 @@ def test_classify_py_with_a_mean_of_another_size(tmp_path):
     np.testing.assert_allclose(one, clf.predict([image]), rtol=1e-5)
     np.testing.assert_allclose(every[:1], clf.predict([image], False),
                                rtol=1e-5)
+
+
+def test_net_surgery_notebook(tmp_path):
+    m = model(tmp_path)
+    r = result(protonet_run("net_surgery.py", m["deploy"], m["weights"],
+                            m["image"], str(tmp_path), cwd=tmp_path))
+    assert r["conv_shapes"] == [[3, 1, 5, 5], [3]]
+    assert r["blurred_shape"] == [26, 22]          # 30 x 26 image, 5 x 5 blur
+    assert r["blurred_mean"] == pytest.approx(r["image_mean_inner"], abs=0.02)
+    assert r["zeros_max"] == 0
+    assert r["prob_map_shape"] == [1, 5, 5, 5] and r["score_map_shape"] == [5, 5]
+    assert r["corner_error"] < 1e-5                # the transplant is exact
+    assert r["reloaded_equal"]
