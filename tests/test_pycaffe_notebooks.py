@@ -149,3 +149,42 @@ def test_net_surgery_notebook(tmp_path):
     assert r["prob_map_shape"] == [1, 5, 5, 5] and r["score_map_shape"] == [5, 5]
     assert r["corner_error"] < 1e-5                # the transplant is exact
     assert r["reloaded_equal"]
+
+
+def style_images(folder, n=12):
+    """Two 'styles' of 24 x 24 photos (warm and cool), list files in
+    ImageData's format and their mean as a binaryproto."""
+    rng = np.random.default_rng(7)
+    lines, images = [], []
+    for i in range(n):
+        label = i % 2
+        photo = rng.random((24, 24, 3)) * 0.4
+        photo[..., 0 if label == 0 else 2] += 0.6
+        photo = (photo * 255).astype(np.uint8)
+        name = f"style{i}.png"
+        Image.fromarray(photo).save(folder / name)
+        lines.append(f"{folder / name} {label}")
+        images.append(photo[..., ::-1].transpose(2, 0, 1))     # BGR, C x H x W
+    (folder / "train.txt").write_text("\n".join(lines[:8]) + "\n")
+    (folder / "test.txt").write_text("\n".join(lines[8:]) + "\n")
+    mean = np.mean(images, axis=0, dtype=np.float64)[None]
+    with open(folder / "mean.binaryproto", "wb") as f:
+        f.write(protonet.io.array_to_blobproto(mean).SerializeToString())
+    return [str(folder / p) for p in ("train.txt", "test.txt",
+                                      "mean.binaryproto")]
+
+
+def test_fine_tuning_notebook(tmp_path):
+    m = model(tmp_path)
+    train, test, mean = style_images(tmp_path)
+    r = result(protonet_run("fine_tuning.py", str(tmp_path), m["weights"],
+                            train, test, mean, cwd=tmp_path))
+    assert r["probs_sum"] == pytest.approx(1, abs=1e-5)
+    assert r["loss_finite"]
+    assert r["frozen_unchanged"] and r["classifier_changed"]
+    assert r["pretrained_conv1_loaded"]
+    assert set(r["test_acc"]) == {"pretrained", "scratch"}
+    assert all(0 <= a <= 1 for a in r["test_acc"].values())
+    assert r["weights"] == ["weights.pretrained.caffemodel",
+                            "weights.scratch.caffemodel"]
+    assert (tmp_path / r["end_to_end_weights"]).is_file()
