@@ -188,3 +188,11 @@ def test_fine_tuning_notebook(tmp_path):
     assert r["weights"] == ["weights.pretrained.caffemodel",
                             "weights.scratch.caffemodel"]
     assert (tmp_path / r["end_to_end_weights"]).is_file()
+
+
+def test_brewing_logreg_notebook(tmp_path):
+    r = result(protonet_run("brewing_logreg.py", str(tmp_path), cwd=tmp_path))
+    assert r["iter"] == 200
+    # 10 % of the labels are flipped: about 0.9 is the best possible.
+    assert r["caffe"]["logreg"] > 0.8 and r["caffe"]["nonlinear"] > 0.7
+    assert (tmp_path / "logreg_iter_200.caffemodel").is_file()
