@@ -196,3 +196,35 @@ def test_brewing_logreg_notebook(tmp_path):
     # 10 % of the labels are flipped: about 0.9 is the best possible.
     assert r["caffe"]["logreg"] > 0.8 and r["caffe"]["nonlinear"] > 0.7
     assert (tmp_path / "logreg_iter_200.caffemodel").is_file()
+
+
+def multilabel_images(folder, n=16):
+    """19 x 19 photos with a bright square in some of their four quadrants;
+    label k is set when quadrant k has one."""
+    rng = np.random.default_rng(11)
+    lines = []
+    for i in range(n):
+        present = [k for k in range(4) if rng.random() < 0.5] or [i % 4]
+        photo = rng.random((19, 19, 3)) * 0.3
+        for k in present:
+            y, x = (k // 2) * 10, (k % 2) * 10
+            photo[y:y + 9, x:x + 9] += 0.7
+        name = folder / f"ml{i}.png"
+        Image.fromarray((photo.clip(0, 1) * 255).astype(np.uint8)).save(name)
+        lines.append(f"{name} {','.join(str(k) for k in present)}")
+    (folder / "ml_train.txt").write_text("\n".join(lines[:12]) + "\n")
+    (folder / "ml_test.txt").write_text("\n".join(lines[12:]) + "\n")
+    return str(folder / "ml_train.txt"), str(folder / "ml_test.txt")
+
+
+def test_multilabel_python_data_layer_notebook(tmp_path):
+    m = model(tmp_path)
+    train, test = multilabel_images(tmp_path)
+    r = result(protonet_run("multilabel.py", str(tmp_path), m["weights"],
+                            train, test, cwd=tmp_path,
+                            allow_python_layer=True))
+    assert r["image_shape"] == [19, 19, 3]
+    assert r["labels_multi_hot"] and min(r["labels_per_image"]) >= 1
+    assert r["shared"]
+    assert r["last_loss"] < r["first_loss"]
+    assert r["after"] > r["before"]              # hamming accuracy
