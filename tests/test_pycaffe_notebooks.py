@@ -228,3 +228,11 @@ def test_multilabel_python_data_layer_notebook(tmp_path):
     assert r["shared"]
     assert r["last_loss"] < r["first_loss"]
     assert r["after"] > r["before"]              # hamming accuracy
+
+
+def test_siamese_example(tmp_path):
+    r = result(protonet_run("siamese.py", str(tmp_path), cwd=tmp_path))
+    assert r["shared"]                          # parameters shared by name
+    assert r["last_loss"] < r["first_loss"]
+    assert r["feat_shape"] == [25, 2]           # forward_all beyond batch 10
+    assert r["within"] < r["between"]           # classes form clusters
