@@ -236,3 +236,40 @@ def test_siamese_example(tmp_path):
     assert r["last_loss"] < r["first_loss"]
     assert r["feat_shape"] == [25, 2]           # forward_all beyond batch 10
     assert r["within"] < r["between"]           # classes form clusters
+
+
+def test_detect_py_with_context_padding(tmp_path):
+    m = model(tmp_path)
+    image = protonet.io.load_image(m["image"])              # 30 x 26
+    windows = [(0, 0, 20, 20), (5, 3, 29, 25), (10, 10, 18, 16)]
+    lines = ["filename,ymin,xmin,ymax,xmax"] + [
+        f"{m['image']},{y0},{x0},{y1},{x1}" for y0, x0, y1, x1 in windows]
+    (tmp_path / "windows.csv").write_text("\n".join(lines) + "\n")
+    protonet_run("detect.py", "windows.csv", "out.csv",
+                 "--model_def", m["deploy"], "--pretrained_model",
+                 m["weights"], "--mean_file", m["mean"], "--context_pad", "2",
+                 cwd=tmp_path)
+    rows = (tmp_path / "out.csv").read_text().splitlines()
+    assert rows[0] == "filename,ymin,xmin,ymax,xmax," + ",".join(
+        f"class{i}" for i in range(5))
+    scores = np.array([[float(v) for v in r.split(",")[5:]] for r in rows[1:]])
+    # The same windows through protonet's Detector directly.
+    det = protonet.Detector(m["deploy"], m["weights"],
+                            mean=np.load(m["mean"]).mean(1).mean(1),
+                            raw_scale=255, channel_swap=(2, 1, 0),
+                            context_pad=2)
+    ref = det.detect_windows([(image, [np.array(w) for w in windows])])
+    np.testing.assert_allclose(scores, [d["prediction"] for d in ref],
+                               atol=2e-6)
+
+
+def test_draw_net_py(tmp_path):
+    m = model(tmp_path)
+    protonet_run("draw_net.py", m["deploy"], "net.png", "--rankdir", "TB",
+                 cwd=tmp_path)
+    protonet_run("draw_net.py", m["deploy"], "net.dot", "--phase", "TEST",
+                 cwd=tmp_path)
+    assert (tmp_path / "net.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    dot = (tmp_path / "net.dot").read_text()
+    assert 'rankdir="LR"' in dot                 # draw_net.py's default
+    assert "conv1\\n(Convolution)" in dot and "fc8\\n(InnerProduct)" in dot
