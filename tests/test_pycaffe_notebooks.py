@@ -273,3 +273,20 @@ def test_draw_net_py(tmp_path):
     dot = (tmp_path / "net.dot").read_text()
     assert 'rankdir="LR"' in dot                 # draw_net.py's default
     assert "conv1\\n(Convolution)" in dot and "fc8\\n(InnerProduct)" in dot
+
+
+def test_caffe_io_helpers(tmp_path):
+    m = model(tmp_path)
+    _, _, mean_proto = style_images(tmp_path)                # 1 x 3 x 24 x 24
+    r = result(protonet_run("io_helpers.py", str(tmp_path), m["image"],
+                            mean_proto, cwd=tmp_path))
+    assert r["mean_shape"] == [3, 24, 24] and r["again_shape"] == [1, 3, 24, 24]
+    assert r["datum_equal"] and r["datum_dtype"] == "uint8"
+    assert r["labels"] == [0, 1, 2]
+    assert r["float_datum_error"] < 1e-4
+    assert r["vector_shapes"] == [[1, 3, 24, 24]] * 2 and r["vector_equal"]
+    assert r["resized"] == [32, 32, 3] and r["crops"] == [10, 19, 19, 3]
+    assert r["mirror_equal"] and r["gray"] == [30, 26, 1]
+    assert r["blob_in"] == [3, 19, 19] and r["restored_error"] < 1e-5
+    np.testing.assert_allclose(np.load(tmp_path / "mean.npy"),
+                               protonet.io.read_binaryproto(mean_proto)[0])
