@@ -127,8 +127,9 @@ import sibling                       # next to the script
 n = NetSpec()
 n.data = L.Input(shape=dict(dim=[1, 2, 4, 4]))
 n.pool = L.Pooling(n.data, kernel_size=2, stride=2, pool=P.Pooling.MAX)
+import os
 print(__name__, caffe.__name__, caffe_pb2.__name__, caffe.io.Transformer.__name__,
-      sibling.WHO, sys.argv[1:], len(n.to_proto().layer))
+      sibling.WHO, sys.argv[1:], len(n.to_proto().layer), os.path.isabs(__file__))
 sys.exit(int(sys.argv[1]))
 """
 
@@ -149,7 +150,7 @@ def test_protonet_run_runs_an_unchanged_script(tmp_path):
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert proc.stdout.split() == [
         "__main__", "protonet", "protonet.proto.caffe_pb2", "Transformer",
-        "sibling", "['3',", "'--flag',", "'-h']", "2"]
+        "sibling", "['3',", "'--flag',", "'-h']", "2", "True"]
 
 
 def test_protonet_run_reports_the_scripts_failure(tmp_path):

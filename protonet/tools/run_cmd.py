@@ -54,7 +54,8 @@ def run_script(script, argv):
     # of whatever launched us (protonet's console script or `-m`).
     sys.path[0:1] = [os.path.dirname(os.path.realpath(script))]
     try:
-        runpy.run_path(script, run_name="__main__")
+        # As Python 3.9+, __main__.__file__ is absolute; argv[0] as given.
+        runpy.run_path(os.path.abspath(script), run_name="__main__")
         return 0
     except SystemExit as e:
         return _exit_status(e.code)
