@@ -385,6 +385,8 @@ TOOLS = {
     "summary": ("protonet.tools.summary_cmd",
                 "per-layer shapes, memory, parameters, multiply-adds"),
     "draw": ("protonet.tools.draw_cmd", "draw a net with Graphviz"),
+    "extract-features": ("protonet.tools.extract_features_cmd",
+                         "blobs of a trained net -> LMDB/LevelDB of Datums"),
 }
 
 
