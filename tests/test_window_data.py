@@ -250,3 +250,22 @@ def test_bad_parameters(tmp_path):
     net = window_net(tmp_path, src, batch=2, fg_fraction=0.5)
     with pytest.raises(DataError, match=r"windows.txt:7: window .* outside"):
         net.forward()
+
+
+def test_setup_logs_like_caffe(tmp_path):
+    import io
+    from protonet import caffelog
+    stream = io.StringIO()
+    handler = caffelog.enable(stream)
+    try:
+        window_net(tmp_path, write_data(tmp_path))
+    finally:
+        caffelog.disable(handler)
+    log = stream.getvalue()
+    assert "window_data_layer.cpp:156] Number of images: 2" in log
+    # 3 background windows (class 0), one of each foreground class; the
+    # window with overlap 0.4 (between the thresholds) is dropped.
+    for label, n in ((0, 3), (1, 1), (2, 1), (3, 1)):
+        assert f"class {label} has {n} samples" in log
+    assert "class 5" not in log
+    assert "Crop mode: warp" in log

@@ -183,14 +183,22 @@ class _WindowReader:
         self.rng = np.random.RandomState(seed)
 
     def _log(self, p, hist):
+        """Caffe's setup log lines."""
         src = "window_data_layer.cpp:"
-        caffelog.info(f"Number of images: {len(self.images)}", src + "140")
+        caffelog.info(
+            f"Window data layer:\n  foreground (object) overlap threshold: "
+            f"{p.fg_threshold:g}\n  background (non-object) overlap "
+            f"threshold: {p.bg_threshold:g}\n  foreground sampling "
+            f"fraction: {p.fg_fraction:g}\n  cache_images: "
+            f"{int(p.cache_images)}\n  root_folder: {p.root_folder}",
+            src + "52")
+        caffelog.info(f"Number of images: {len(self.images)}", src + "156")
         for label in sorted(hist):
             caffelog.info(f"class {label} has {hist[label]} samples",
-                          src + "144")
+                          src + "160")
         caffelog.info(f"Amount of context padding: {p.context_pad}",
-                      src + "148")
-        caffelog.info(f"Crop mode: {p.crop_mode}", src + "151")
+                      src + "164")
+        caffelog.info(f"Crop mode: {p.crop_mode}", src + "167")
 
     def _where(self, i):
         path, _, line = self.images[i]
