@@ -30,7 +30,8 @@ def test_layer_labels_are_pycaffes_text():
     assert draw.get_layer_label(CONV, "TB") == \
         '"conv1 (Convolution) kernel size: 5 stride: 1 pad: 1"'
     assert draw.get_layer_label(CONV, "BT", display_lrm=True) == \
-        '"conv1 (Convolution) kernel size: 5 stride: 1 pad: 1 lr mult: 1.0, 2.0"'
+        '"conv1 (Convolution) kernel size: 5 stride: 1 pad: 1 lr mult: 1.0, ' \
+        '2.0"'
     assert draw.get_layer_label(POOL, "LR") == \
         r'"pool1\n(Pooling AVE)\nkernel size: 3\nstride: 2\npad: 0"'
     relu = layer('layer { name: "r" type: "ReLU" bottom: "x" top: "x" }')

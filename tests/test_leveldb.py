@@ -32,7 +32,8 @@ def make_leveldb(path, n=6, order=None):
 
 def test_missing_plyvel_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "plyvel", None)   # import fails
-    with pytest.raises(ProtonetError, match=r"pip install protonet\[leveldb\]"):
+    with pytest.raises(ProtonetError,
+                       match=r"pip install protonet\[leveldb\]"):
         db.open_writer(tmp_path / "x", db.LEVELDB)
     f = tmp_path / "net.prototxt"
     f.write_text(f'layer {{ name: "d" type: "Data" top: "data" data_param {{ '
@@ -134,4 +135,5 @@ def test_convert_imageset_and_compute_mean_on_leveldb(tmp_path):
     assert compute_mean.run(parse(compute_mean, [
         "--backend", "leveldb", str(out), str(mean_file)])) == 0
     want = (np.sum(np.stack(imgs).astype(np.float32), axis=0) / 3)[None]
-    np.testing.assert_array_equal(protonet.io.read_binaryproto(mean_file), want)
+    np.testing.assert_array_equal(protonet.io.read_binaryproto(mean_file),
+                                  want)

@@ -245,6 +245,9 @@ def test_bad_parameters(tmp_path):
         window_net(tmp_path, src, crop=0)
     with pytest.raises(LayerError, match="crop_mode"):
         window_net(tmp_path, src, mode="fill")
+    with pytest.raises(LayerError, match=r"fg_fraction must be in \[0, 1\], "
+                                         "got 1.5"):
+        window_net(tmp_path, src, fg_fraction=1.5)
     ws = [[(1, 0.9, 0, 0, 20, 5), (0, 0.1, 0, 0, 3, 3)]]
     src = write_data(tmp_path, ws)
     net = window_net(tmp_path, src, batch=2, fg_fraction=0.5)

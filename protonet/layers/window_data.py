@@ -26,7 +26,8 @@ with that seed is Caffe's `boost::mt19937` (prefetch_rng_), so for the same
 seed protonet picks the same windows, in the same order, with the same flips
 as Caffe.  What differs: Caffe takes that seed from its global RNG
 (`caffe_rng_rand()`), protonet from its own NumPy generator, so
-`set_random_seed(s)` yields another (but fixed) seed than `Caffe::set_random_seed(s)`.
+`set_random_seed(s)` yields another (but fixed) seed than Caffe's
+`Caffe::set_random_seed(s)`.
 """
 
 import math
@@ -39,7 +40,7 @@ from .. import db as _db
 from .. import rng as _rng
 from ..errors import DataError, LayerError
 from ..layer import register
-from ..transform import DataTransformer, resize
+from ..transform import resize
 from .db_data import _PrefetchingDataLayer, _check_batch_size
 
 
@@ -372,6 +373,9 @@ class WindowDataLayer(_PrefetchingDataLayer):
             raise LayerError(self, "transform_param.crop_size must be > 0 "
                              "(the size windows are warped to), got "
                              f"{self.transformer.crop}")
+        if not 0 <= p.fg_fraction <= 1:
+            raise LayerError(self, "window_data_param.fg_fraction must be in "
+                             f"[0, 1], got {p.fg_fraction:g}")
         if p.crop_mode not in ("warp", "square"):
             raise LayerError(self, "window_data_param.crop_mode must be "
                              f"'warp' or 'square', got {p.crop_mode!r}")
