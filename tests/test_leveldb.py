@@ -1,6 +1,7 @@
 """LevelDB databases (backend: LEVELDB) through the optional plyvel."""
 
 import argparse
+import importlib.util
 import sys
 
 import numpy as np
@@ -42,9 +43,12 @@ def test_missing_plyvel_names_the_extra(tmp_path, monkeypatch):
         protonet.Net(str(f), protonet.TEST)
 
 
-plyvel = pytest.importorskip("plyvel")
+needs_plyvel = pytest.mark.skipif(importlib.util.find_spec("plyvel") is None,
+                                  reason="plyvel (protonet[leveldb]) not "
+                                  "installed")
 
 
+@needs_plyvel
 def test_round_trip_in_key_order(tmp_path):
     path = make_leveldb(tmp_path / "db", order=[3, 0, 5, 1, 4, 2])
     items = list(db.read_datums(path, "leveldb"))
@@ -58,6 +62,7 @@ def test_round_trip_in_key_order(tmp_path):
         list(db.read_datums(tmp_path / "none", db.LEVELDB))
 
 
+@needs_plyvel
 def test_an_lmdb_read_as_leveldb_says_so(tmp_path):
     pytest.importorskip("lmdb")
     path = tmp_path / "lmdb"
@@ -85,6 +90,7 @@ layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label"
 """
 
 
+@needs_plyvel
 def test_data_layer_reads_leveldb_in_key_order_and_trains(tmp_path):
     src = make_leveldb(tmp_path / "db", order=[5, 4, 3, 2, 1, 0])
     net_file = tmp_path / "net.prototxt"
@@ -114,6 +120,7 @@ def test_data_layer_reads_leveldb_in_key_order_and_trains(tmp_path):
     np.testing.assert_array_equal(test_net.blobs["label"].data, first)
 
 
+@needs_plyvel
 def test_convert_imageset_and_compute_mean_on_leveldb(tmp_path):
     from PIL import Image
     lines = []
