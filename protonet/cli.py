@@ -387,6 +387,8 @@ TOOLS = {
     "draw": ("protonet.tools.draw_cmd", "draw a net with Graphviz"),
     "run": ("protonet.tools.run_cmd",
             "run an unchanged pycaffe script (`import caffe` loads protonet)"),
+    "extract-features": ("protonet.tools.extract_features_cmd",
+                         "blobs of a trained net -> LMDB/LevelDB of Datums"),
 }
 
 

@@ -8,9 +8,9 @@ A database is a folder with LMDB's `data.mdb` / `lock.mdb`; keys are bytes
 package and Pillow are imported only when needed, with an error saying how
 to install them.  Pixels are kept in Caffe's (OpenCV's) BGR channel order.
 
-LevelDB: no maintained LevelDB binding ships with protonet's dependencies;
-opening a LevelDB source raises a DataError explaining how to rebuild the
-data as LMDB with `protonet convert-imageset`.
+LevelDB (`backend: LEVELDB`) lives in protonet.db_leveldb (optional
+`plyvel`); `open_cursor`, `read_datums` and `open_writer` dispatch on the
+backend.
 """
 
 import io as _pyio
@@ -48,22 +48,31 @@ def require_pil():
     return Image
 
 
-def _leveldb_error(path):
-    return DataError(
-        f"{path}: LevelDB databases are not supported (no maintained LevelDB "
-        "binding is a protonet dependency). Rebuild the data as LMDB from the "
-        "images: `protonet convert-imageset --backend lmdb ROOTFOLDER/ "
-        "LISTFILE DB_NAME` (Caffe's `convert_imageset` flags), then set "
-        "`backend: LMDB` in data_param.")
-
-
 def check_backend(backend, path):
-    """Raise unless `backend` (DataParameter.DB value or name) is LMDB."""
+    """The backend (DataParameter.DB value or name) as LMDB or LEVELDB;
+    DataError for any other."""
     if backend in (LEVELDB, "leveldb", "LEVELDB"):
-        raise _leveldb_error(path)
+        return LEVELDB
     if backend not in (LMDB, "lmdb", "LMDB"):
         raise DataError(f"{path}: unknown database backend {backend!r} "
-                        "(only lmdb is supported)")
+                        "(lmdb or leveldb)")
+    return LMDB
+
+
+def open_cursor(path, backend=LMDB):
+    """A wrapping read cursor over the database at `path`."""
+    if check_backend(backend, path) == LEVELDB:
+        from . import db_leveldb
+        return db_leveldb.Cursor(path)
+    return Cursor(path)
+
+
+def open_writer(path, backend=LMDB):
+    """A Writer creating a new database at `path`."""
+    if check_backend(backend, path) == LEVELDB:
+        from . import db_leveldb
+        return db_leveldb.Writer(path)
+    return Writer(path)
 
 
 # ---------------------------------------------------------------------------
@@ -161,9 +170,15 @@ class Cursor:
         return self.env.stat()["entries"]
 
 
-def read_datums(path):
-    """Yield (key, Datum) for every record of the LMDB at `path`, in order."""
+def read_datums(path, backend=LMDB):
+    """Yield (key, Datum) for every record of the database at `path`, in
+    key order."""
     path = os.fspath(path)
+    if check_backend(backend, path) == LEVELDB:
+        from . import db_leveldb
+        for key, value in db_leveldb.read_items(path):
+            yield key, parse_datum(value, path, key)
+        return
     if not os.path.isdir(path):
         raise DataError(f"{path}: no such LMDB database (expected a folder "
                         "holding data.mdb)")

@@ -75,8 +75,8 @@ def test_convert_imageset_check_size_and_errors(tmp_path, capsys):
         f"{tmp_path}/", str(tmp_path / "none.txt"), str(tmp_path / "b")])) == 1
     assert "none.txt" in capsys.readouterr().err
     assert convert_imageset.run(parse(convert_imageset, [
-        "--backend", "leveldb", f"{tmp_path}/", str(lst), str(tmp_path / "c")])) == 1
-    assert "LevelDB" in capsys.readouterr().err
+        "--backend", "rocksdb", f"{tmp_path}/", str(lst), str(tmp_path / "c")])) == 1
+    assert "unknown database backend 'rocksdb'" in capsys.readouterr().err
 
 
 def test_convert_imageset_skips_unreadable_and_shuffles(tmp_path):

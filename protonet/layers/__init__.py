@@ -24,6 +24,7 @@ from . import (  # noqa: F401
     recurrent,
     shape,
     vision,
+    window_data,
 )
 
 

@@ -102,6 +102,15 @@ class InnerProductLayer(Layer):
     weight_filler, bias_filler, axis, transpose.  The weights are created from
     the first bottom's shape; later reshapes must keep K.
 
+    Determinism: the same batch gives bit-identical results run after run,
+    but a sample's row may differ in its last bits with the batch it is in:
+    the BLAS picks kernels and blockings by M and by a row's position, so
+    each float32 dot product is summed in another order.  Two orders differ
+    by at most 2 (K + 1) 2^-24 (sum_k |W_nk x_k| + |b_n|).  Fixed 16-row
+    GEMM blocks make rows bit-identical with OpenBLAS, but cost 40-290 %
+    at batch 1 and 256 on CaffeNet's fc6-fc8
+    (benchmarks/ip_batch_invariance.py), so they are not used.
+
     Mirrors: src/caffe/layers/inner_product_layer.cpp.
     """
 

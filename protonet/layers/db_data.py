@@ -104,11 +104,11 @@ class _DBReader:
     shard = (0, 1)      # data-parallel training: (rank, ranks)
 
     def __init__(self, who, source, batch_size, transformer, color, dtype,
-                 skip):
+                 skip, backend=_db.LMDB):
         self.who, self.source = who, source
         self.batch_size, self.transformer = batch_size, transformer
         self.color, self.dtype = color, dtype
-        self.cursor = _db.Cursor(source)
+        self.cursor = _db.open_cursor(source, backend)
         for _ in range(skip):
             self.cursor.next()
 
@@ -169,8 +169,8 @@ class DataLayer(_PrefetchingDataLayer):
     `data_param.force_encoded_color` choose the channels).  Reading wraps to
     the first record at the end.
 
-    `data_param`: source, batch_size, backend (LMDB; LEVELDB raises a
-    DataError explaining how to convert), rand_skip (skip a random number
+    `data_param`: source, batch_size, backend (LMDB, or LEVELDB with the
+    optional plyvel; both read in key order), rand_skip (skip a random number
     of records in [0, rand_skip) at setup, drawn from protonet's generator),
     prefetch (batches read ahead; 0 reads in forward).
 
@@ -196,7 +196,7 @@ class DataLayer(_PrefetchingDataLayer):
             color = True
         reader = _DBReader(f"Data layer '{self.name}'", p.source,
                            self.batch_size, self.transformer, color,
-                           self.dtype, skip)
+                           self.dtype, skip, p.backend)
         reader.shard = parallel.data_shard(self)
         return reader
 

@@ -2,7 +2,7 @@
 
 Mirrors: tools/compute_image_mean.cpp.
 
-    protonet compute-mean [--backend lmdb] INPUT_DB [OUTPUT_FILE]
+    protonet compute-mean [--backend lmdb|leveldb] INPUT_DB [OUTPUT_FILE]
 
 Every datum (raw, float_data or encoded, decoded with its own channels) must
 have the first datum's C x H x W.  NOTE(caffe): the sum is accumulated in
@@ -27,14 +27,15 @@ def add_arguments(parser):
     parser.add_argument("output_file", metavar="OUTPUT_FILE", nargs="?",
                         default=None)
     parser.add_argument("--backend", default="lmdb",
-                        help="the backend {lmdb} of the input database")
+                        help="the backend {lmdb, leveldb} of the input database")
     return parser
 
 
-def compute_mean(path):
-    """The float32 mean (1, C, H, W) of every datum in the LMDB at `path`."""
+def compute_mean(path, backend=_db.LMDB):
+    """The float32 mean (1, C, H, W) of every datum in the database at
+    `path`."""
     total, shape, count = None, None, 0
-    for key, datum in _db.read_datums(path):
+    for key, datum in _db.read_datums(path, backend):
         arr = _db.datum_to_array(datum, path, key)
         if total is None:
             shape = arr.shape
@@ -58,7 +59,7 @@ def compute_mean(path):
 def run(args):
     try:
         _db.check_backend(args.backend, args.input_db)
-        mean = compute_mean(args.input_db)
+        mean = compute_mean(args.input_db, args.backend)
     except ProtonetError as e:
         print(f"compute-mean: {e}", file=sys.stderr)
         return 1

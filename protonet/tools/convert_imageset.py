@@ -1,4 +1,4 @@
-"""`protonet convert-imageset`: images named in a list file -> LMDB.
+"""`protonet convert-imageset`: images named in a list file -> LMDB/LevelDB.
 
 Mirrors: tools/convert_imageset.cpp and ReadImageToDatum in
 src/caffe/util/io.cpp.
@@ -37,7 +37,7 @@ def add_arguments(parser):
     parser.add_argument("--shuffle", action="store_true",
                         help="randomly shuffle the order of images and labels")
     parser.add_argument("--backend", default="lmdb",
-                        help="the backend {lmdb} for storing the result")
+                        help="the backend {lmdb, leveldb} for storing the result")
     parser.add_argument("--resize_width", type=int, default=0,
                         help="width images are resized to (0 = keep)")
     parser.add_argument("--resize_height", type=int, default=0,
@@ -101,7 +101,7 @@ def _convert(args):
     h, w = max(0, args.resize_height), max(0, args.resize_width)
     data_size = None
     count = 0
-    with _db.Writer(args.db_name) as writer:
+    with _db.open_writer(args.db_name, args.backend) as writer:
         for line_id, (name, label, n) in enumerate(lines):
             enc = args.encode_type.lower() if encoded else ""
             if encoded and not enc:
