@@ -1,0 +1,36 @@
+"""Environment variables protonet reads, parsed strictly: a value that is
+not what the variable expects is an error naming the variable and the
+value, never a silent default (`PROTONET_MPI_TIMEOUT=nan` would otherwise
+turn the deadline off)."""
+
+import math
+import os
+
+from .errors import ProtonetError
+
+
+def number(name, default, kind=float, minimum=None, positive=False):
+    """The environment variable `name` as a finite `kind` (float or int),
+    `default` when unset or empty.
+
+    Raises:
+        ProtonetError: naming the variable, its value and what was expected.
+    """
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    what = "number" if kind is float else "integer"
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or (kind is float and not math.isfinite(value)):
+        raise ProtonetError(f"environment variable {name}={raw!r}: expected "
+                            f"a finite {what}")
+    if positive and value <= 0:
+        raise ProtonetError(f"environment variable {name}={raw!r}: expected "
+                            f"a {what} > 0")
+    if minimum is not None and value < minimum:
+        raise ProtonetError(f"environment variable {name}={raw!r}: expected "
+                            f"a {what} >= {minimum}")
+    return value
