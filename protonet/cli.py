@@ -43,7 +43,8 @@ from .errors import ProtonetError
 _EFFECTS = ("stop", "snapshot", "none")
 _SPELLINGS = ("Every flag also takes Caffe's spellings: -flag value, "
               "-flag=value, --flag=value,\nwith underscores or hyphens "
-              "(--base_lr, --base-lr); booleans also -flag=true|false.")
+              "(--snapshot_prefix, --snapshot-prefix); booleans also "
+              "-flag=true|false.")
 
 
 def _common_flags(p):
