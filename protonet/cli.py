@@ -182,9 +182,12 @@ def _train_param(a):
         raise ProtonetError("Give a snapshot to resume training or weights "
                             "to finetune but not both.")
     if _file_kind(src) == "solver":
-        param = override_solver(_io.read_solver(src), a, lambda msg:
-                                caffelog.info(msg, "caffe.cpp:210"))
-        return param, src
+        from .parallel import launcher_rank
+
+        def log(msg):       # under mpirun: once, by rank 0
+            if launcher_rank() == 0:
+                caffelog.info(msg, "caffe.cpp:210")
+        return override_solver(_io.read_solver(src), a, log), src
     if a.solver:
         _io.read_solver(src)        # a net given as -solver: say so
     return solver_from_flags(src, a), None

@@ -44,7 +44,8 @@ class CaffeHelpFormatter(argparse.RawDescriptionHelpFormatter):
             [s for s in action.option_strings if s.startswith("--")][:1]
         if action.nargs == 0:
             return ", ".join(shown)
-        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        default = self._get_default_metavar_for_optional(action)
+        metavar = self._format_args(action, default)
         return ", ".join(shown) + " " + metavar
 
     def _get_help_string(self, action):

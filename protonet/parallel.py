@@ -76,6 +76,11 @@ def _env_int(names):
     return None
 
 
+def launcher_rank():
+    """This process's rank as the MPI launcher set it (0 when none)."""
+    return _env_int(_RANK_VARS) or 0
+
+
 def launcher_size():
     """The number of ranks the MPI launcher started (1 when none), from the
     environment; `PROTONET_MPI=0` turns data-parallel training off."""
@@ -160,8 +165,8 @@ def log_layout(solver):
                   f"{threads})", "parallel.cpp:0")
     if batch is not None:
         per = batch * iter_size
-        extra = f" x iter_size {iter_size}" if iter_size > 1 else ""
-        caffelog.info(f"Batch per rank: {batch}{extra} = {per}; effective "
+        extra = f" x iter_size {iter_size} = {per}" if iter_size > 1 else ""
+        caffelog.info(f"Batch per rank: {batch}{extra}; effective "
                       f"batch: {dp.size} ranks x {per} = {dp.size * per}",
                       "parallel.cpp:0")
 
