@@ -34,3 +34,20 @@ def number(name, default, kind=float, minimum=None, positive=False):
         raise ProtonetError(f"environment variable {name}={raw!r}: expected "
                             f"a {what} >= {minimum}")
     return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def flag(name, default):
+    """The environment variable `name` as a boolean (1/true/yes/on or
+    0/false/no/off, any case), `default` when unset or empty."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise ProtonetError(f"environment variable {name}={raw!r}: expected "
+                            "1/true/yes/on or 0/false/no/off")
+    return value in _TRUE

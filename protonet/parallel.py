@@ -33,6 +33,14 @@ any rank, the rank prints a message naming itself and what it waited for,
 and calls MPI_Abort, which ends every rank. Snapshots are written
 atomically, so the last one stays valid for a resume.
 
+Cores: the ranks on one host share its cores; each rank runs
+max(1, cores // local ranks) threads (PROTONET_THREADS and BLAS's limit)
+unless PROTONET_THREADS, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or
+MKL_NUM_THREADS is set.  Rank 0 logs the ranks, the batch per rank and the
+effective batch (`log_layout`).  The environment variables are parsed
+strictly: a value such as PROTONET_MPI_TIMEOUT=nan is an error, not "no
+deadline".
+
 Without MPI (no launcher variables, or one rank) nothing here imports
 mpi4py and the solver behaves exactly as before.
 """
@@ -84,7 +92,7 @@ def launcher_rank():
 def launcher_size():
     """The number of ranks the MPI launcher started (1 when none), from the
     environment; `PROTONET_MPI=0` turns data-parallel training off."""
-    if os.environ.get("PROTONET_MPI", "").strip() == "0":
+    if not envvars.flag("PROTONET_MPI", True):
         return 1
     return _env_int(_SIZE_VARS) or 1
 

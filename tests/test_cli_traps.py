@@ -171,6 +171,12 @@ def test_other_variables_are_parsed_strictly(monkeypatch):
     monkeypatch.setenv("PROTONET_DATA_SHARDING", "locale")
     with pytest.raises(ProtonetError, match="PROTONET_DATA_SHARDING='locale'"):
         parallel.sharding()
+    monkeypatch.setenv("PROTONET_MPI", "of")
+    with pytest.raises(ProtonetError, match="PROTONET_MPI='of'"):
+        parallel.launcher_size()
+    monkeypatch.setenv("PROTONET_MPI", "OFF")
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert parallel.launcher_size() == 1
     monkeypatch.setenv("X_TEST_VAR", " 2.5 ")
     assert envvars.number("X_TEST_VAR", 1.0, positive=True) == 2.5
     monkeypatch.delenv("X_TEST_VAR")
