@@ -46,34 +46,49 @@ def _included(lp, state):
 
 
 def stand_in_inputs(param, phase, batch, given):
-    """Rewrite `param` (in place) so it builds without data files."""
+    """Rewrite `param` (in place) so it builds without data files; `given`
+    maps top names (None: the first input top) to shapes."""
     state = caffe_pb2.NetState(phase=phase)
     state.MergeFrom(param.state)
     state.phase = phase
     keep = [lp for lp in param.layer if lp.type != "HDF5Output"]
     del param.layer[:]
     param.layer.extend(keep)
-    first = True
+    used, tops = set(), []
+
+    def lookup(top):
+        key = top if top in given else None if not tops and None in given \
+            else top
+        tops.append(top)
+        if key in given:
+            used.add(key)
+            return given[key]
+        return None
+    for i, name in enumerate(param.input):     # deploy nets' `input:` fields
+        shape = lookup(name)
+        if shape is not None and i < len(param.input_shape):
+            _set_shape(param.input_shape[i], shape, batch)
     for lp in param.layer:
-        if not _included(lp, state):
+        if not _included(lp, state) or lp.type not in FILE_DATA + ("Input",):
             continue
-        if lp.type == "Input" and any(t in given for t in lp.top):
-            for k, top in enumerate(lp.top):
-                if top in given and k < len(lp.input_param.shape):
-                    _set_shape(lp.input_param.shape[k], given[top], batch)
-        if lp.type not in FILE_DATA:
+        shapes = [lookup(top) for top in lp.top]
+        if lp.type == "Input":
+            for k, shape in enumerate(shapes):
+                if shape is not None and k < len(lp.input_param.shape):
+                    _set_shape(lp.input_param.shape[k], shape, batch)
             continue
-        shapes = []
-        for k, top in enumerate(lp.top):
-            shape = given.get(top) or (given.get(None) if first and k == 0
-                                       else None)
-            shapes.append(shape or _inferred(lp, k, batch))
-        first = False
+        shapes = [s or _inferred(lp, k, batch) for k, s in enumerate(shapes)]
         for field in _PARAMS:
             lp.ClearField(field)
         lp.type = "Input"
         for shape in shapes:
             _set_shape(lp.input_param.shape.add(), shape, batch)
+    unused = [k for k in given if k not in used]
+    if unused:
+        name = unused[0] if unused[0] is not None else "(first input)"
+        raise ProtonetError(f"--input-shape {name}: no input or data layer "
+                            f"top of that name in the {caffe_pb2.Phase.Name(phase)}"
+                            f" net (its input tops: {', '.join(tops) or 'none'})")
     return param
 
 

@@ -170,3 +170,12 @@ layer { name: "o" type: "HDF5Output" bottom: "x" bottom: "y"
         summarize(str(net))
     with pytest.raises(ProtonetError, match="--input-shape 'raw=a,b'"):
         summarize(str(net), input_shapes=["raw=a,b"])
+    with pytest.raises(ProtonetError, match=r"--input-shape rw: no input .*"
+                       r"tops: x, y, img, lab, win, wl, raw, rl\)"):
+        summarize(str(net), input_shapes=["raw=1,1,2,2", "rw=1,2"])
+    # without a top name: the first input top; Input layers take it too
+    assert summarize(str(net), input_shapes=["raw=1,1,2,2", "1,4,3,3"]
+                     ).row("h").shape == (4, 3, 3)
+    deploy = summarize(f"{ZOO}/lenet/deploy.prototxt",
+                       input_shapes=["data=1,1,32,32"])
+    assert deploy.row("conv1").shape == (20, 28, 28)
