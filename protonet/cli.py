@@ -41,10 +41,9 @@ from .cliflags import (CaffeArgumentParser, add_solver_flags,
 from .errors import ProtonetError
 
 _EFFECTS = ("stop", "snapshot", "none")
-_SPELLINGS = ("Every flag also takes Caffe's spellings: -flag value, "
-              "-flag=value, --flag=value,\nwith underscores or hyphens "
-              "(--snapshot_prefix, --snapshot-prefix); booleans also "
-              "-flag=true|false.")
+_SPELLINGS = ("Flags also take Caffe's spellings: -flag value, -flag=value, "
+              "--flag=value,\nwith underscores or hyphens (--snapshot_prefix, "
+              "--snapshot-prefix);\nbooleans also -flag=true|false.")
 
 
 def _common_flags(p):
@@ -100,8 +99,9 @@ def _add_test_time(sub):
 def _parser():
     p = CaffeArgumentParser(
         prog="protonet",
-        description="Caffe-compatible training and testing on the CPU. "
-        "`protonet COMMAND --help` lists a command's flags.")
+        description="Caffe-compatible training and testing on the CPU.\n"
+        "`protonet COMMAND --help` lists a command's own flags.",
+        epilog=_SPELLINGS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND",
                            parser_class=CaffeArgumentParser)
     sub.required = True
@@ -403,7 +403,7 @@ def _run_tool(name, argv):
     module = importlib.import_module(module_name)
     # Caffe's spellings for the tool's flags too (-resize_height 32, ...)
     parser = CaffeArgumentParser(prog=f"protonet {name}",
-                                 description=help_text)
+                                 description=help_text, epilog=_SPELLINGS)
     module.add_arguments(parser)
     try:
         args = parser.parse_args(argv)

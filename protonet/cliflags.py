@@ -51,9 +51,11 @@ class CaffeHelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if action.option_strings and default not in (None, False, "",
-                                                     argparse.SUPPRESS) \
-                and "%(default)" not in text and "[default" not in text:
+        hidden = default is None or default is False or default == "" or \
+            default is argparse.SUPPRESS
+        if action.option_strings and not hidden \
+                and "%(default)" not in text and "[default" not in text \
+                and f"[{default}]" not in text:
             text += " [default: %(default)s]"
         return text
 
