@@ -193,12 +193,12 @@ def _train_param(a):
     return solver_from_flags(src, a), None
 
 
-def _progress(solver, start):
+def _progress(solver):
     """A progress bar on a terminal's stderr (rank 0 only), else None."""
     from . import parallel, progress
     if not progress.wanted(sys.stderr) or not parallel.is_root():
         return None
-    bar = progress.ProgressBar(solver.param.max_iter, sys.stderr, start)
+    bar = progress.ProgressBar(solver.param.max_iter, sys.stderr)
     run_test = solver.test
 
     def test(test_net_id=0):
@@ -237,7 +237,7 @@ def cmd_train(a):
             for tn in solver.test_nets:
                 tn.copy_from(w)
         caffelog.info("Starting Optimization", "caffe.cpp:248")
-        bar = _progress(solver, solver.iter)
+        bar = _progress(solver)
         with bar if bar is not None else contextlib.nullcontext():
             solver.solve(a.snapshot or None)
     caffelog.info("Optimization Done.", "caffe.cpp:259")

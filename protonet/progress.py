@@ -43,18 +43,21 @@ class ProgressBar:
     Args:
         total: the last training iteration (the solver's max_iter).
         stream: a terminal stream (see `wanted`).
-        start: the iteration training starts from (a resumed run).
+        start: the iteration training starts from; None: one before the
+            first iteration reported (a resumed run restores its iteration
+            only once solving starts).
         min_interval: seconds between redraws (a log line or the end
             always redraws).
     """
 
     WIDTH = 24
 
-    def __init__(self, total, stream, start=0, min_interval=0.1,
+    def __init__(self, total, stream, start=None, min_interval=0.1,
                  clock=time.monotonic):
         self.total, self.stream = max(int(total), 1), stream
         self.clock, self.min_interval = clock, min_interval
-        self.start = self.it = start
+        self.start = start
+        self.it = start or 0
         self.loss = None
         self.test = None            # (net id, done, total, start time)
         self.train_time, self._since = 0.0, clock()
@@ -64,6 +67,8 @@ class ProgressBar:
     def update(self, it, loss=None):
         """Training reached iteration `it` with smoothed loss `loss`."""
         self.it = int(it)
+        if self.start is None:
+            self.start = max(self.it - 1, 0)
         if loss is not None:
             self.loss = float(loss)
         self._draw(force=self.it >= self.total)
@@ -101,7 +106,8 @@ class ProgressBar:
             self._account()
             label, done, total = "train", self.it, self.total
             elapsed = self.train_time
-            rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
+            rate = (done - self.start) / elapsed \
+                if elapsed > 0 and self.start is not None else 0.0
         frac = min(done / total, 1.0)
         filled = int(self.WIDTH * frac)
         width = len(str(total))

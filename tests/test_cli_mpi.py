@@ -84,7 +84,7 @@ def test_mpirun_logs_the_layout_and_splits_the_cores(tmp_path):
                        cwd=tmp_path / "case", env=env, capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
-    cores = len(os.sched_getaffinity(0))
+    cores = parallel._cores()
     per = max(1, cores // 2)
     msgs = [m.split("] ", 1)[1] for m in p.stderr.splitlines()
             if re.match(r"I\d{4} ", m)]

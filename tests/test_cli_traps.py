@@ -237,7 +237,7 @@ class Clock:
 def test_bar_shows_rate_eta_loss_and_test_passes():
     from protonet import progress
     clock = Clock()
-    bar = progress.ProgressBar(100, FakeTTY(), clock=clock)
+    bar = progress.ProgressBar(100, FakeTTY(), start=0, clock=clock)
     clock.t = 10.0
     bar.update(20, 0.5)
     assert re.fullmatch(r"train \[#+\.+\]  20/100 2 it/s ETA 0:40 loss 0\.5",
@@ -254,6 +254,10 @@ def test_bar_shows_rate_eta_loss_and_test_passes():
     # 40 iterations in 20 s of training: the 20 s test pass is left out
     assert bar.text().startswith("train") and " 40/100 2 it/s ETA 0:30 " \
         in bar.text()
+    resumed = progress.ProgressBar(100, FakeTTY(), clock=clock)
+    clock.t = 42.0
+    resumed.update(91)          # a run resumed at 90: one iteration in 2 s
+    assert " 91/100 0.5 it/s ETA 0:18" in resumed.text()
 
 
 def test_log_lines_never_start_on_the_bar():
