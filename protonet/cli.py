@@ -188,8 +188,6 @@ def _train_param(a):
             if launcher_rank() == 0:
                 caffelog.info(msg, "caffe.cpp:210")
         return override_solver(_io.read_solver(src), a, log), src
-    if a.solver:
-        _io.read_solver(src)        # a net given as -solver: say so
     return solver_from_flags(src, a), None
 
 

@@ -260,23 +260,33 @@ def override_solver(sp, args, log):
 
 _SOLVER_FIELDS = {f.name for f in caffe_pb2.SolverParameter.DESCRIPTOR.fields}
 _NET_FIELDS = {f.name for f in caffe_pb2.NetParameter.DESCRIPTOR.fields}
+_SOLVER_ONLY = _SOLVER_FIELDS - _NET_FIELDS     # debug_info is in both
+_NET_ONLY = _NET_FIELDS - _SOLVER_FIELDS
+_NAME = re.compile(r"[A-Za-z_]\w*")
 _TOKENS = re.compile(r'#[^\n]*|"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\''
                      r"|[{}<>]|[A-Za-z_][\w.]*|\S")
 
 
 def text_kind(text):
     """'solver' or 'net': which message's top-level field names `text` uses
-    most (unknown names, such as typos, do not count); 'net' on a tie."""
-    depth, solver, net = 0, 0, 0
-    tokens = [t for t in _TOKENS.findall(text) if not t.startswith("#")]
-    for i, tok in enumerate(tokens):
-        if tok in "{<":
+    most (unknown names, such as typos, do not count); 'net' on a tie.
+
+    One pass over the tokens, keeping none (a prototxt may be large)."""
+    depth = solver = net = 0
+    prev = pending = None       # a top-level name waiting for ':' '{' '<'
+    for m in _TOKENS.finditer(text):
+        tok = m.group()
+        if tok[0] == "#":
+            continue
+        if pending is not None and tok in (":", "{", "<"):
+            solver += pending in _SOLVER_ONLY
+            net += pending in _NET_ONLY
+        pending = None
+        if tok in ("{", "<"):
             depth += 1
-        elif tok in "}>":
+        elif tok in ("}", ">"):
             depth -= 1
-        elif depth == 0 and re.fullmatch(r"[A-Za-z_]\w*", tok) and \
-                i + 1 < len(tokens) and tokens[i + 1] in (":", "{", "<") and \
-                (i == 0 or tokens[i - 1] != ":"):
-            solver += tok in _SOLVER_FIELDS - _NET_FIELDS
-            net += tok in _NET_FIELDS - _SOLVER_FIELDS
+        elif depth == 0 and prev != ":" and _NAME.fullmatch(tok):
+            pending = tok
+        prev = tok
     return "solver" if solver > net else "net"
