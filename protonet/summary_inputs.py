@@ -4,7 +4,7 @@ are not there.
 A Data, ImageData, HDF5Data or WindowData layer of the summarised phase is
 replaced by an Input layer of the shapes it would produce, worked out from
 its parameters (batch_size, transform_param.crop_size, new_height /
-new_width, is_color), from the first record of its database or the first
+new_width, is_color, the channels of mean_value or the mean file), from the first record of its database or the first
 file of its list when present, or from `--input-shape TOP=N,C,H,W`.  When
 none of these fixes a shape the error names the layer, the missing file and
 the flag.  HDF5Output layers are left out: a summary writes no file.
@@ -121,6 +121,10 @@ def _inferred(lp, k, batch):
             _hint(lp, k, p.source, f"{batch},{channels},H,W")
         return (batch,) + chw
     chw = _first_datum(lp.data_param.source, lp.transform_param)
+    if chw is None and crop:
+        channels = _channels_from_mean(lp.transform_param)
+        if channels:
+            return (batch, channels, crop, crop)
     if chw is None:
         hw = f"{crop},{crop}" if crop else "H,W"
         _hint(lp, k, lp.data_param.source, f"{batch},C,{hw}")
@@ -131,6 +135,17 @@ def _inferred(lp, k, batch):
                 f"the {chw[1]}x{chw[2]} images of {lp.data_param.source}")
         chw = (chw[0], crop, crop)
     return (batch,) + tuple(chw)
+
+
+def _channels_from_mean(tp):
+    """The channel count the transformation's mean fixes: several
+    mean_value entries (one per channel), or the mean file's, when present."""
+    if len(tp.mean_value) > 1:
+        return len(tp.mean_value)
+    if tp.mean_file and os.path.isfile(tp.mean_file):
+        from .io import read_binaryproto
+        return read_binaryproto(tp.mean_file).shape[1]
+    return None
 
 
 def _color(tp):

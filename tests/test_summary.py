@@ -179,3 +179,16 @@ layer { name: "o" type: "HDF5Output" bottom: "x" bottom: "y"
     deploy = summarize(f"{ZOO}/lenet/deploy.prototxt",
                        input_shapes=["data=1,1,32,32"])
     assert deploy.row("conv1").shape == (20, 28, 28)
+    # crop_size with the channels of mean_value / the mean file
+    net.write_text(net.read_text().replace(
+        'data_param { source: "missing_lmdb"', 'transform_param { crop_size: '
+        '4 mean_value: 1 mean_value: 2 mean_value: 3 } data_param { source: '
+        '"missing_lmdb"'))
+    assert summarize(str(net)).row("d").shape == (3, 4, 4)
+    net.write_text(net.read_text().replace(
+        "mean_value: 1 mean_value: 2 mean_value: 3",
+        'mean_file: "m.binaryproto"'))
+    from protonet.io import write_binaryproto
+    write_binaryproto(str(tmp_path / "m.binaryproto"),
+                      np.zeros((1, 2, 6, 6), np.float32))
+    assert summarize(str(net)).row("d").shape == (2, 4, 4)
