@@ -265,6 +265,9 @@ def test_dataset_is_idempotent_and_names_force(tmp_path, capsys):
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == first
     assert cli.main(argv + ["--formats", "lmdb"]) == 0   # a subset: same
     assert "already up to date" in capsys.readouterr().out
+    (out / "digits_test.h5").unlink()           # ours, incomplete: rewritten
+    assert cli.main(argv) == 0 and (out / "digits_test.h5").exists()
+    assert "wrote" in capsys.readouterr().out
     (out / "mine.txt").write_text("the user's own file")
     assert cli.main(["dataset", "digits", "--out", str(out)]) == 1
     err = capsys.readouterr().err
@@ -293,3 +296,6 @@ def test_dataset_failure_leaves_no_partial_folder(tmp_path, capsys,
     assert cli.main(["dataset", "digits", "--out", str(out)]) == 1
     assert "disk full" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["dataset", "digits", "--out", str(tmp_path / "file")]) == 1
+    assert "not a folder" in capsys.readouterr().err

@@ -151,12 +151,11 @@ def status(out, size=8, method="bilinear", formats=("lmdb", "hdf5"),
         return f"{out} holds an unreadable {MANIFEST}"
     same = {k: v for k, v in have.items() if k != "formats"} == \
         {k: v for k, v in want.items() if k != "formats"}
-    if same and set(want["formats"]) <= set(have["formats"]) and \
+    if same:    # complete, or ours with a format or a file missing: write
+        complete = set(want["formats"]) <= set(have["formats"]) and \
             all(os.path.exists(os.path.join(out, n))
-                for n in _outputs(want["formats"])):
-        return "same"
-    if same and set(want["formats"]) <= set(have["formats"]):
-        return "new"        # ours, with files missing: write them again
+                for n in _outputs(want["formats"]))
+        return "same" if complete else "new"
     return (f"{out} already holds the digits as {_describe(have)}; asked "
             f"for {_describe(want)}")
 
@@ -173,11 +172,23 @@ def write_digits(out, size=8, method="bilinear", formats=("lmdb", "hdf5"),
             or `out` holding a different request and `force` not set.
     """
     check_dependencies(formats)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ProtonetError(f"--out {out}: exists and is not a folder")
     state = status(out, size, method, formats, split)
     if state not in ("new", "same") and not force:
         raise ProtonetError(f"{state}; add --force to replace it (or choose "
                             "another --out)")
     images, labels = load_digits(size, method)
+    try:
+        _write_all(out, images, labels, formats, split,
+                   _settings(size, method, split, formats))
+    except OSError as e:
+        raise ProtonetError(f"{out}: cannot write the digits: "
+                            f"{e.strerror or e} ({e.filename or out})") from None
+    return [os.path.join(out, n) for n in _outputs(formats)]
+
+
+def _write_all(out, images, labels, formats, split, settings):
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".digits-", dir=parent)
@@ -187,11 +198,10 @@ def write_digits(out, size=8, method="bilinear", formats=("lmdb", "hdf5"),
         os.chmod(tmp, 0o777 & ~mask)
         _write_splits(tmp, out, images, labels, formats, split)
         with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(_settings(size, method, split, formats), f)
+            json.dump(settings, f)
         _move_into(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return [os.path.join(out, n) for n in _outputs(formats)]
 
 
 def _write_splits(tmp, out, images, labels, formats, split):
