@@ -164,9 +164,10 @@ def add_solver_flags(parser):
         "(defaults in brackets);\nwith a solver file, each flag given "
         "overrides the file's field (and the log says so).")
     for flag, _, kind, default, text in SOLVER_FLAGS:
-        shown = "" if default is None else f" [{default if default != '' else 'none'}]"
-        g.add_argument(f"--{flag}", type=kind, default=None, metavar=flag.upper(),
-                       help=text + shown)
+        shown = "" if default is None else f" [{default}]" if default != "" \
+            else " [none]"
+        g.add_argument(f"--{flag}", type=kind, default=None,
+                       metavar=flag.upper(), help=text + shown)
 
 
 def _values(flag, kind, value):

@@ -4,8 +4,9 @@ are not there.
 A Data, ImageData, HDF5Data or WindowData layer of the summarised phase is
 replaced by an Input layer of the shapes it would produce, worked out from
 its parameters (batch_size, transform_param.crop_size, new_height /
-new_width, is_color, the channels of mean_value or the mean file), from the first record of its database or the first
-file of its list when present, or from `--input-shape TOP=N,C,H,W`.  When
+new_width, is_color, the channels of mean_value or the mean file), from the
+first record of its database or the first file of its list when present,
+or from `--input-shape TOP=N,C,H,W`.  When
 none of these fixes a shape the error names the layer, the missing file and
 the flag.  HDF5Output layers are left out: a summary writes no file.
 """
@@ -86,9 +87,10 @@ def stand_in_inputs(param, phase, batch, given):
     unused = [k for k in given if k not in used]
     if unused:
         name = unused[0] if unused[0] is not None else "(first input)"
+        phase_name = caffe_pb2.Phase.Name(phase)
         raise ProtonetError(f"--input-shape {name}: no input or data layer "
-                            f"top of that name in the {caffe_pb2.Phase.Name(phase)}"
-                            f" net (its input tops: {', '.join(tops) or 'none'})")
+                            f"top of that name in the {phase_name} net (its "
+                            f"input tops: {', '.join(tops) or 'none'})")
     return param
 
 

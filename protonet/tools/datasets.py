@@ -183,8 +183,9 @@ def write_digits(out, size=8, method="bilinear", formats=("lmdb", "hdf5"),
         _write_all(out, images, labels, formats, split,
                    _settings(size, method, split, formats))
     except OSError as e:
+        where = e.filename or out
         raise ProtonetError(f"{out}: cannot write the digits: "
-                            f"{e.strerror or e} ({e.filename or out})") from None
+                            f"{e.strerror or e} ({where})") from None
     return [os.path.join(out, n) for n in _outputs(formats)]
 
 
