@@ -73,6 +73,27 @@ def warning(msg, src="solver.cpp:0"):
 
 
 _handler = None
+_status = None     # a ProgressBar-like object drawn below the log lines
+
+
+def set_status_line(status):
+    """Register the terminal status line (`clear()` / `redraw()`) that
+    every log line must erase first and redraw after (None: no line)."""
+    global _status
+    _status = status
+
+
+class GlogHandler(logging.StreamHandler):
+    """A stream handler that erases the status line around each record, so
+    a line never starts glued to a progress bar."""
+
+    def emit(self, record):
+        status = _status
+        if status is not None:
+            status.clear()
+        super().emit(record)
+        if status is not None:
+            status.redraw()
 
 
 def enable(stream=None, level=logging.INFO):
@@ -80,7 +101,7 @@ def enable(stream=None, level=logging.INFO):
 
     Returns the handler (pass it to `disable` to remove it)."""
     global _handler
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = GlogHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(GlogFormatter())
     logger.addHandler(handler)
     logger.setLevel(level)

@@ -1,24 +1,25 @@
 """The `protonet` command line, modelled on Caffe's tools/caffe.cpp.
 
-Commands (Caffe's flag spellings are accepted: `-solver x`, `--solver=x`,
-`-solver=x`)::
+Commands (each with its own `--help`; Caffe's flag spellings are accepted:
+`-solver x`, `--solver x`, `-solver=x`, `--solver=x`, `-flag=true`)::
 
     protonet train solver.prototxt            # or --solver=solver.prototxt
+    protonet train solver.prototxt --max-iter 5 --base-lr 0.5   # overrides
     protonet train solver.prototxt --weights=a.caffemodel,b.caffemodel
     protonet train solver.prototxt --snapshot=x_iter_1000.solverstate
     protonet train net.prototxt --base-lr 0.01 --max-iter 1000 ...
     protonet test --model=net.prototxt --weights=w.caffemodel --iterations=50
     protonet time --model=net.prototxt [--iterations=50] [--phase=TRAIN]
     protonet upgrade old.prototxt new.prototxt  # net, solver or .caffemodel
+    protonet <tool> ...                         # TOOLS below
 
-`train` given a net definition instead of a solver builds the solver from
-flags (defaults in brackets): --type [SGD], --base-lr [0.01], --lr-policy
-[fixed], --gamma [0.1], --power [0.75], --stepsize [1000], --momentum [0.9],
---weight-decay [0.0005], --max-iter [1000], --display [100], --iter-size [1],
---snapshot-every [0: only at the end], --snapshot-prefix [the net file
-without extension], --test-iter / --test-interval [no testing],
---random-seed [-1], --clip-gradients [-1]. The positional file is a solver
-when it parses as a SolverParameter, otherwise a net.
+`train` tells a solver file from a net definition by the field names it
+uses (see `cliflags.text_kind`), so a typo in a solver is reported as a
+solver error at its line.  Given a net, the solver flags build the solver
+(their defaults apply); given a solver file, each solver flag the user
+wrote overrides that field and is logged (`Overriding solver max_iter:
+10000 -> 5`).  On a terminal a progress bar (protonet.progress) sits below
+the log lines.
 
 Logs go to stderr as glog lines (tools/extra/parse_log.py reads them).
 SIGINT / SIGHUP act as --sigint_effect [stop] / --sighup_effect [snapshot]
@@ -26,7 +27,6 @@ SIGINT / SIGHUP act as --sigint_effect [stop] / --sighup_effect [snapshot]
 2 on a usage error.
 """
 
-import argparse
 import signal
 import sys
 import time
@@ -35,99 +35,94 @@ import numpy as np
 
 from . import caffelog
 from . import io as _io
+from .cliflags import (CaffeArgumentParser, add_solver_flags,
+                       override_solver, parse_weights, solver_from_flags,
+                       text_kind)
 from .errors import ProtonetError
-from .proto import caffe_pb2
 
 _EFFECTS = ("stop", "snapshot", "none")
+_SPELLINGS = ("Flags also take Caffe's spellings: -flag value, -flag=value, "
+              "--flag=value,\nwith underscores or hyphens (--snapshot_prefix, "
+              "--snapshot-prefix);\nbooleans also -flag=true|false.")
 
 
-def _flag(parser, *names, **kw):
-    """Add a flag under Caffe's single-dash name and the double-dash forms
-    (underscores and hyphens both)."""
-    spellings = []
-    for n in names:
-        spellings += [f"-{n}", f"--{n}"]
-        if "_" in n:
-            spellings.append(f"--{n.replace('_', '-')}")
-    parser.add_argument(*dict.fromkeys(spellings), **kw)
+def _common_flags(p):
+    p.add_argument("--weights", help="comma-separated .caffemodel files to "
+                   "copy parameters from, in order")
+    p.add_argument("--level", type=int, default=0, help="net state level")
+    p.add_argument("--stage", default="", help="comma-separated net state "
+                   "stages")
+    p.add_argument("--gpu", default=None,
+                   help="accepted for Caffe scripts; protonet runs on the CPU")
+    p.add_argument("--allow_python_layer", action="store_true",
+                   help="allow `Python` layers, which run code named in the "
+                   "prototxt (also PROTONET_ALLOW_PYTHON_LAYER=1)")
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train", help="train a net (solver file, or net + solver flags)",
+        usage="%(prog)s [FILE | --solver SOLVER] [flags]",
+        description="Train from a solver file, or from a net definition "
+        "with the solver flags below.", epilog=_SPELLINGS)
+    p.add_argument("file", nargs="?", metavar="FILE",
+                   help="solver prototxt, or a net prototxt")
+    p.add_argument("--solver", help="solver prototxt (instead of FILE)")
+    p.add_argument("--snapshot", help="a .solverstate to resume training from")
+    _common_flags(p)
+    p.add_argument("--sigint_effect", choices=_EFFECTS, default="stop",
+                   help="what SIGINT (Ctrl-C) does")
+    p.add_argument("--sighup_effect", choices=_EFFECTS, default="snapshot",
+                   help="what SIGHUP does")
+    add_solver_flags(p)
+
+
+def _add_test_time(sub):
+    p = sub.add_parser("test", help="score a trained net", epilog=_SPELLINGS,
+                       description="Run a net's TEST phase with trained "
+                       "weights and log the mean of every output.")
+    p.add_argument("--model", help="net prototxt (required)")
+    p.add_argument("--iterations", type=int, default=50,
+                   help="number of batches to score")
+    _common_flags(p)
+    p = sub.add_parser("time", help="time forward and backward per layer",
+                       description="Benchmark a net layer by layer.",
+                       epilog=_SPELLINGS)
+    p.add_argument("--model", help="net prototxt (required)")
+    p.add_argument("--iterations", type=int, default=50,
+                   help="number of timed iterations")
+    p.add_argument("--phase", choices=["TRAIN", "TEST"], default="TRAIN",
+                   help="net phase")
+    _common_flags(p)
 
 
 def _parser():
-    tools = "\n".join(f"  {name:<18}{text}" for name, (_, text) in TOOLS.items())
-    p = argparse.ArgumentParser(
-        prog="protonet", allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Caffe-compatible training and testing (commands: train, "
-        "test, time, upgrade, device_query).",
-        epilog="more commands (each with its own --help):\n" + tools)
-    p.add_argument("command", choices=["train", "test", "time", "upgrade",
-                                       "device_query"])
-    p.add_argument("files", nargs="*", help="train: solver or net prototxt; "
-                   "upgrade: input and output files")
-    _flag(p, "solver", help="solver prototxt")
-    _flag(p, "model", help="net prototxt (test, time)")
-    _flag(p, "weights", help="comma-separated .caffemodel files to copy "
-          "parameters from (train: finetune; test: required)")
-    _flag(p, "snapshot", help="a .solverstate to resume training from")
-    _flag(p, "iterations", type=int, default=50,
-          help="test/time: number of iterations [50]")
-    _flag(p, "phase", choices=["TRAIN", "TEST"], help="time: net phase [TRAIN]")
-    _flag(p, "level", type=int, default=0, help="net state level [0]")
-    _flag(p, "stage", default="", help="comma-separated net state stages")
-    _flag(p, "gpu", default=None, help="accepted; protonet runs on the CPU")
-    _flag(p, "sigint_effect", choices=_EFFECTS, default="stop")
-    _flag(p, "sighup_effect", choices=_EFFECTS, default="snapshot")
-    _flag(p, "allow_python_layer", action="store_true",
-          help="allow `Python` layers, which run code named in the prototxt "
-          "(also PROTONET_ALLOW_PYTHON_LAYER=1)")
-    g = p.add_argument_group("solver settings for `train net.prototxt`")
-    for name, kind, default in [
-            ("type", str, "SGD"), ("base_lr", float, 0.01),
-            ("lr_policy", str, "fixed"), ("gamma", float, 0.1),
-            ("power", float, 0.75), ("stepsize", int, 1000),
-            ("stepvalue", str, ""), ("momentum", float, 0.9),
-            ("momentum2", float, 0.999), ("delta", float, 1e-8),
-            ("weight_decay", float, 0.0005), ("regularization_type", str, "L2"),
-            ("max_iter", int, 1000), ("display", int, 100),
-            ("average_loss", int, 1), ("iter_size", int, 1),
-            ("snapshot_every", int, 0), ("snapshot_prefix", str, None),
-            ("test_iter", int, 0), ("test_interval", int, 0),
-            ("random_seed", int, -1), ("clip_gradients", float, -1.0)]:
-        _flag(g, name, type=kind, default=default)
+    p = CaffeArgumentParser(
+        prog="protonet",
+        description="Caffe-compatible training and testing on the CPU.\n"
+        "`protonet COMMAND --help` lists a command's own flags.",
+        epilog=_SPELLINGS)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND",
+                           parser_class=CaffeArgumentParser)
+    sub.required = True
+    _add_train(sub)
+    _add_test_time(sub)
+    up = sub.add_parser("upgrade", help="upgrade an old net, solver or "
+                        ".caffemodel to the current format")
+    up.add_argument("files", nargs="*", metavar="INPUT OUTPUT",
+                    help="input file and output file")
+    sub.add_parser("device_query", help="say which device runs (the CPU)")
+    for name, (_, text) in TOOLS.items():   # parsed by _run_tool
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
 # ---------------------------------------------------------------------------
 
 
-def _is_solver_file(path):
-    """Whether `path` parses as a SolverParameter (else it is a net)."""
-    text = _io._decode_text(_io._read_bytes(path), path)
-    try:
-        _io.parse_text(text, caffe_pb2.SolverParameter(), path)
-    except ProtonetError:
-        return False
-    return True
-
-
-def _solver_from_flags(net_path, a):
-    sp = caffe_pb2.SolverParameter(
-        net=net_path, type=a.type, base_lr=a.base_lr, lr_policy=a.lr_policy,
-        gamma=a.gamma, power=a.power, stepsize=a.stepsize,
-        momentum=a.momentum, momentum2=a.momentum2, delta=a.delta,
-        weight_decay=a.weight_decay, regularization_type=a.regularization_type,
-        max_iter=a.max_iter, display=a.display, average_loss=a.average_loss,
-        iter_size=a.iter_size, snapshot=a.snapshot_every,
-        random_seed=a.random_seed, clip_gradients=a.clip_gradients,
-        solver_mode=caffe_pb2.SolverParameter.CPU)
-    if a.stepvalue:
-        sp.stepvalue.extend(int(v) for v in a.stepvalue.split(","))
-    if a.snapshot_prefix is not None:
-        sp.snapshot_prefix = a.snapshot_prefix
-    if a.test_iter:
-        sp.test_iter.append(a.test_iter)
-        sp.test_interval = a.test_interval or a.max_iter
-    return sp
+def _file_kind(path):
+    """'solver' or 'net', from the field names the text file uses."""
+    return text_kind(_io._decode_text(_io._read_bytes(path), path))
 
 
 class _Signals:
@@ -163,22 +158,6 @@ class _Signals:
         return "none"
 
 
-class _Progress:
-    """A one-line progress bar on a terminal's stderr."""
-
-    def __init__(self, total, stream):
-        self.total, self.stream = max(total, 1), stream
-
-    def update(self, it):
-        width = 30
-        done = int(width * min(it, self.total) / self.total)
-        self.stream.write(f"\r[{'#' * done}{' ' * (width - done)}] "
-                          f"{it}/{self.total}\x1b[K")
-        if it >= self.total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 def _stages(a):
     return [s for s in a.stage.split(",") if s]
 
@@ -189,51 +168,76 @@ def _warn_gpu(a):
                          "caffe.cpp:111")
 
 
-def cmd_train(a):
-    from .solvers import get_solver
-    files = list(a.files)
-    if a.solver and files:
+def _train_param(a):
+    """(SolverParameter, path of the solver file or None) for `train`."""
+    if a.solver and a.file:
         raise ProtonetError("give the solver either as -solver or as a "
                             "positional file, not both")
-    src = a.solver or (files[0] if files else None)
+    src = a.solver or a.file
     if not src:
         raise ProtonetError("Need a solver definition to train (protonet "
                             "train solver.prototxt, or a net prototxt with "
                             "solver flags)")
-    if len(files) > 1:
-        raise ProtonetError(f"train takes one file, got {files}")
     if a.snapshot and a.weights:
         raise ProtonetError("Give a snapshot to resume training or weights "
                             "to finetune but not both.")
-    if _is_solver_file(src):
-        param = _io.read_solver(src)
-        path = src
-    else:
-        param = _solver_from_flags(src, a)
-        path = None
-        if a.snapshot_prefix is None:
-            import os
-            param.snapshot_prefix = os.path.splitext(src)[0]
+    if _file_kind(src) == "solver":
+        from .parallel import launcher_rank
+
+        def log(msg):       # under mpirun: once, by rank 0
+            if launcher_rank() == 0:
+                caffelog.info(msg, "caffe.cpp:210")
+        return override_solver(_io.read_solver(src), a, log), src
+    return solver_from_flags(src, a), None
+
+
+def _progress(solver):
+    """A progress bar on a terminal's stderr (rank 0 only), else None."""
+    from . import parallel, progress
+    if not progress.wanted(sys.stderr) or not parallel.is_root():
+        return None
+    bar = progress.ProgressBar(solver.param.max_iter, sys.stderr)
+    run_test = solver.test
+
+    def test(test_net_id=0):
+        bar.begin_test(test_net_id, solver.param.test_iter[test_net_id])
+        try:
+            return run_test(test_net_id)
+        finally:
+            bar.end_test()
+    solver.test = test
+    return bar
+
+
+def cmd_train(a):
+    import contextlib
+    from .parallel import abort_on_error, log_layout
+    from .solvers import get_solver
+    param, path = _train_param(a)
+    weights = parse_weights(a.weights)
     if a.level or a.stage:
         param.train_state.level = a.level
         param.train_state.stage.extend(_stages(a))
     _warn_gpu(a)
-    progress = _Progress(param.max_iter, sys.stderr) \
-        if sys.stderr.isatty() else None
-    from .parallel import abort_on_error    # under mpirun: stop every rank
+    bar = None
     with _Signals(a.sigint_effect, a.sighup_effect) as sig, abort_on_error():
         def request():
-            if progress is not None:
-                progress.update(solver.iter)
+            if bar is not None:
+                if bar.test is not None:
+                    bar.test_step()
+                else:
+                    bar.update(solver.iter, solver.smoothed_loss)
             return sig.request()
         solver = get_solver(param, action_request=request, path=path)
-        if a.weights:
-            for w in a.weights.split(","):
-                solver.net.copy_from(w)
-                for tn in solver.test_nets:
-                    tn.copy_from(w)
+        log_layout(solver)
+        for w in weights:
+            solver.net.copy_from(w)
+            for tn in solver.test_nets:
+                tn.copy_from(w)
         caffelog.info("Starting Optimization", "caffe.cpp:248")
-        solver.solve(a.snapshot or None)
+        bar = _progress(solver)
+        with bar if bar is not None else contextlib.nullcontext():
+            solver.solve(a.snapshot or None)
     caffelog.info("Optimization Done.", "caffe.cpp:259")
     return 0
 
@@ -247,8 +251,11 @@ def cmd_test(a):
     _warn_gpu(a)
     # Inference memory mode: activations no later layer reads are released
     # (the outputs, which are scored, are kept).
-    net = Net(a.model, weights=a.weights, phase=TEST, level=a.level,
-              stages=_stages(a), memory="inference")
+    weights = parse_weights(a.weights)
+    net = Net(a.model, phase=TEST, level=a.level, stages=_stages(a),
+              memory="inference")
+    for w in weights:
+        net.copy_from(w)
     caffelog.info(f"Running for {a.iterations} iterations.", "caffe.cpp:304")
     sums, names = None, []
     loss = np.float32(0)
@@ -285,10 +292,10 @@ def cmd_time(a):
         raise ProtonetError("Need a model definition to time (-model).")
     _warn_gpu(a)
     phase = TEST if a.phase == "TEST" else TRAIN
+    weights = parse_weights(a.weights)
     net = Net(a.model, phase=phase, level=a.level, stages=_stages(a))
-    if a.weights:
-        for w in a.weights.split(","):
-            net.copy_from(w)
+    for w in weights:
+        net.copy_from(w)
     caffelog.info("Performing Forward", "caffe.cpp:360")
     initial = net.forward_from_to()
     caffelog.info(f"Initial loss: {caffelog.format_number(initial)}",
@@ -350,7 +357,7 @@ def cmd_upgrade(a):
     from . import upgrade
     if src.endswith((".caffemodel", ".binaryproto")):
         kind = "upgrade_caffemodel"
-    elif _is_solver_file(src):
+    elif _file_kind(src) == "solver":
         kind = "upgrade_solver_file"
     else:
         kind = "upgrade_net_file"
@@ -377,9 +384,9 @@ COMMANDS = {"train": cmd_train, "test": cmd_test, "time": cmd_time,
 # and run(args) -> exit code (imported only when used).
 TOOLS = {
     "convert-imageset": ("protonet.tools.convert_imageset",
-                         "list file of images -> LMDB of Datum records"),
+                         "list file of images -> LMDB/LevelDB of Datum records"),
     "compute-mean": ("protonet.tools.compute_mean",
-                     "LMDB -> mean.binaryproto"),
+                     "LMDB/LevelDB -> mean.binaryproto"),
     "dataset": ("protonet.tools.datasets",
                 "write a bundled real data set (digits) as LMDB and HDF5"),
     "summary": ("protonet.tools.summary_cmd",
@@ -393,25 +400,33 @@ TOOLS = {
 
 
 def _run_tool(name, argv):
-    import argparse
     import importlib
     module_name, help_text = TOOLS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"protonet {name}",
-                                     description=help_text)
+    # Caffe's spellings for the tool's flags too (-resize_height 32, ...)
+    parser = CaffeArgumentParser(prog=f"protonet {name}",
+                                 description=help_text, epilog=_SPELLINGS)
     module.add_arguments(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0) if isinstance(e.code, int) else 2
+    return _guarded(name, module.run, args)
+
+
+def _guarded(name, fn, args):
+    """fn(args) with glog lines on stderr; errors as one line."""
+    handler = caffelog.enable(sys.stderr)
     try:
-        return module.run(args)
+        return fn(args)
     except ProtonetError as e:
         sys.stderr.write(f"protonet {name}: error: {e}\n")
         return 1
     except KeyboardInterrupt:
         sys.stderr.write(f"protonet {name}: interrupted\n")
         return 130
+    finally:
+        caffelog.disable(handler)
 
 
 def main(argv=None):
@@ -426,17 +441,7 @@ def main(argv=None):
     if getattr(args, "allow_python_layer", False):
         from .layers.python_layer import allow_python_layers
         allow_python_layers(True)
-    handler = caffelog.enable(sys.stderr)
-    try:
-        return COMMANDS[args.command](args)
-    except ProtonetError as e:
-        sys.stderr.write(f"protonet {args.command}: error: {e}\n")
-        return 1
-    except KeyboardInterrupt:
-        sys.stderr.write(f"protonet {args.command}: interrupted\n")
-        return 130
-    finally:
-        caffelog.disable(handler)
+    return _guarded(args.command, COMMANDS[args.command], args)
 
 
 if __name__ == "__main__":      # pragma: no cover

@@ -152,7 +152,12 @@ def atomic_output(path):
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
                                suffix=".tmp", dir=folder)
     os.close(fd)
+    # mkstemp creates 0600; give the file the mode open() would (0666 minus
+    # the umask), so a server run as another user can read the model.
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:

@@ -33,6 +33,14 @@ any rank, the rank prints a message naming itself and what it waited for,
 and calls MPI_Abort, which ends every rank. Snapshots are written
 atomically, so the last one stays valid for a resume.
 
+Cores: the ranks on one host share its cores; each rank runs
+max(1, cores // local ranks) threads (PROTONET_THREADS and BLAS's limit)
+unless PROTONET_THREADS, OMP_NUM_THREADS, OPENBLAS_NUM_THREADS or
+MKL_NUM_THREADS is set.  Rank 0 logs the ranks, the batch per rank and the
+effective batch (`log_layout`).  The environment variables are parsed
+strictly: a value such as PROTONET_MPI_TIMEOUT=nan is an error, not "no
+deadline".
+
 Without MPI (no launcher variables, or one rank) nothing here imports
 mpi4py and the solver behaves exactly as before.
 """
@@ -47,6 +55,7 @@ import time
 
 import numpy as np
 
+from . import envvars
 from .errors import ProtonetError
 
 # World size / rank as the common launchers export them (MPICH's Hydra and
@@ -75,12 +84,99 @@ def _env_int(names):
     return None
 
 
+def launcher_rank():
+    """This process's rank as the MPI launcher set it (0 when none)."""
+    return _env_int(_RANK_VARS) or 0
+
+
 def launcher_size():
     """The number of ranks the MPI launcher started (1 when none), from the
     environment; `PROTONET_MPI=0` turns data-parallel training off."""
-    if os.environ.get("PROTONET_MPI", "").strip() == "0":
+    if not envvars.flag("PROTONET_MPI", True):
         return 1
     return _env_int(_SIZE_VARS) or 1
+
+
+def sharding():
+    """PROTONET_DATA_SHARDING: 'stream' (default) or 'local'."""
+    value = os.environ.get("PROTONET_DATA_SHARDING", "").strip() or "stream"
+    if value not in ("stream", "local"):
+        raise ProtonetError(f"environment variable PROTONET_DATA_SHARDING="
+                            f"{value!r}: expected 'stream' or 'local'")
+    return value
+
+
+# Ranks on this host, as the launchers export them (Hydra: MPI_LOCALNRANKS).
+_LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                    "MV2_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+# Set by the user, these keep their thread count (no split).
+THREAD_VARS = ("PROTONET_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "MKL_NUM_THREADS")
+
+
+def threads_per_rank(cores, local_ranks, environ=None):
+    """Threads each rank should use so the ranks on one host share its
+    cores: max(1, cores // local_ranks), or None when the user set a thread
+    count (THREAD_VARS) or there is only one rank here."""
+    environ = os.environ if environ is None else environ
+    if local_ranks <= 1 or any(environ.get(v, "").strip()
+                               for v in THREAD_VARS):
+        return None
+    return max(1, cores // local_ranks)
+
+
+def local_size(world):
+    """Ranks on this host: the launcher's local size, else the world."""
+    return _env_int(_LOCAL_SIZE_VARS) or world
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def split_cores(world):
+    """Give this rank its share of the host's cores (threads_per_rank):
+    protonet's own threads (PROTONET_THREADS) and BLAS's. Returns the
+    threads per rank, or None when left as they are."""
+    n = threads_per_rank(_cores(), local_size(world))
+    if n is None:
+        return None
+    os.environ["PROTONET_THREADS"] = str(n)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n, user_api="blas")
+    except ImportError:     # then BLAS keeps its own count
+        pass
+    return n
+
+
+def log_layout(solver):
+    """Log the ranks, the per-rank and the effective batch of a
+    data-parallel `solver` (nothing for a single process)."""
+    dp = solver.dp
+    if dp is None:
+        return
+    from . import caffelog
+    net = solver.net
+    batch = next((tops[0].shape[0] for tops, bottoms
+                  in zip(net.top_vecs, net.bottom_vecs)
+                  if tops and not bottoms and tops[0].shape), None)
+    iter_size = solver.param.iter_size
+    given = [f"{v}={os.environ[v]}" for v in THREAD_VARS
+             if os.environ.get(v, "").strip()]
+    threads = given[0] if given else "all cores"
+    caffelog.info(f"Data-parallel training on {dp.size} MPI ranks "
+                  f"({local_size(dp.size)} on this host, threads per rank: "
+                  f"{threads})", "parallel.cpp:0")
+    if batch is not None:
+        per = batch * iter_size
+        extra = f" x iter_size {iter_size} = {per}" if iter_size > 1 else ""
+        caffelog.info(f"Batch per rank: {batch}{extra}; effective "
+                      f"batch: {dp.size} ranks x {per} = {dp.size * per}",
+                      "parallel.cpp:0")
 
 
 def active():
@@ -139,6 +235,7 @@ def data_parallel(solver, timeout=None, bucket_mb=None, overlap=True):
         return None
     if _active is None:
         _active = DataParallel(comm, timeout, bucket_mb, overlap)
+        split_cores(comm.Get_size())
     _active.attach(solver)
     return _active
 
@@ -172,16 +269,15 @@ class DataParallel:
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.is_root = self.rank == 0
         if timeout is None:
-            timeout = float(os.environ.get("PROTONET_MPI_TIMEOUT",
-                                           DEFAULT_TIMEOUT))
+            timeout = envvars.number("PROTONET_MPI_TIMEOUT", DEFAULT_TIMEOUT,
+                                     positive=True)
         if bucket_mb is None:
-            bucket_mb = float(os.environ.get("PROTONET_MPI_BUCKET_MB",
-                                             DEFAULT_BUCKET_MB))
+            bucket_mb = envvars.number("PROTONET_MPI_BUCKET_MB",
+                                       DEFAULT_BUCKET_MB, positive=True)
         self.timeout = timeout
         self.bucket_bytes = max(int(bucket_mb * (1 << 20)), 1)
         self.overlap = overlap
-        self.local_data = os.environ.get("PROTONET_DATA_SHARDING",
-                                         "stream") == "local"
+        self.local_data = sharding() == "local"
         self.request = "none"
         self.stats = {"steps": 0, "comm_wait": 0.0, "copy": 0.0}
         self.where = "start-up"

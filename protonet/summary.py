@@ -110,9 +110,10 @@ class Summary(list):
         raise KeyError(f"no layer named '{name}' in the summary")
 
 
-def _load_net(net_or_path, batch):
+def _load_net(net_or_path, batch, input_shapes=None):
     from . import io as _io
     from .net import TEST, Net
+    from .summary_inputs import parse_input_shapes, stand_in_inputs
     if isinstance(net_or_path, Net):
         return net_or_path
     if isinstance(net_or_path, caffe_pb2.NetParameter):
@@ -120,6 +121,11 @@ def _load_net(net_or_path, batch):
         param.CopyFrom(net_or_path)
     else:
         param = _io.read_net(str(net_or_path))
+    if isinstance(input_shapes, (list, tuple)):
+        input_shapes = parse_input_shapes(input_shapes)
+    # Data layers that read files become Input layers of their shapes, so
+    # a train_val net needs neither its databases nor its mean file.
+    stand_in_inputs(param, TEST, batch, input_shapes or {})
     # Build at the requested batch: the per-image figures do not depend on
     # it, and batch 1 keeps big nets cheap.
     for lp in param.layer:
@@ -140,7 +146,7 @@ def _per_image(shape):
     return tuple(shape[1:])
 
 
-def summarize(net_or_path, batch=1):
+def summarize(net_or_path, batch=1, input_shapes=None):
     """Rows of per-layer figures and the net's totals.
 
     Args:
@@ -148,13 +154,16 @@ def summarize(net_or_path, batch=1):
             (built in TEST phase with its inputs' batch set to `batch`).
         batch: batch size for `batch_forward_bytes`; per-image figures do
             not depend on it.
+        input_shapes: shapes of data tops the net's files cannot give, as a
+            dict (top name, or None for the first data top -> shape) or
+            `--input-shape` strings `TOP=N,C,H,W` (see summary_inputs).
 
     Returns:
         Summary: a list of LayerSummary rows with totals as attributes.
     """
     if int(batch) < 1:
         raise ProtonetError(f"summarize: batch must be >= 1, got {batch}")
-    net = _load_net(net_or_path, int(batch))
+    net = _load_net(net_or_path, int(batch), input_shapes)
     seen_params = set()
     rows = []
     for i, (name, layer) in enumerate(zip(net.layer_names, net.layers)):

@@ -50,13 +50,9 @@ def _blas():
 def workers():
     """Threads a parallel region uses now (>= 1)."""
     env = os.environ.get("PROTONET_THREADS")
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            from .errors import ProtonetError
-            raise ProtonetError(f"PROTONET_THREADS must be an integer, got "
-                                f"{env!r}") from None
+    if env and env.strip():
+        from .envvars import number
+        return number("PROTONET_THREADS", None, int, minimum=1)
     libs = _blas()
     if not libs:
         return 1

@@ -178,3 +178,124 @@ def test_digits_shuffled_split_is_a_fixed_partition():
     assert np.array_equal(train, again)
     ordered, _ = datasets.split_indices(1797, "ordered")
     assert np.array_equal(ordered, np.arange(1200))
+
+
+# -- through `protonet <tool>`: Caffe's log lines and flag spellings --------
+
+def _glog(err):
+    import re
+    return [line.split("] ", 1)[1] for line in err.splitlines()
+            if re.match(r"[IWEF]\d{4} ", line)]
+
+
+def test_convert_imageset_takes_caffe_spellings_and_logs(tmp_path, capsys):
+    from protonet import cli
+    lst = write_images(tmp_path, sizes=((6, 5), (7, 5)))
+    out = tmp_path / "db"
+    assert cli.main(["convert-imageset", "-resize_height", "4",
+                     "--resize_width=3", "-backend", "lmdb", "-gray=true",
+                     "--check_size=false", "-shuffle", f"{tmp_path}/",
+                     str(lst), str(out)]) == 0
+    msgs = _glog(capsys.readouterr().err)
+    assert msgs == ["Shuffling data", "A total of 2 images.",
+                    "Processed 2 files."]
+    shapes = {db.datum_to_array(d).shape for _, d in db.read_datums(out)}
+    assert shapes == {(1, 4, 3)}
+    assert cli.main(["convert-imageset", "-gray=maybe", f"{tmp_path}/",
+                     str(lst), str(tmp_path / "x")]) == 2
+    assert "-gray: expected true or false" in capsys.readouterr().err
+
+
+def test_compute_mean_logs_like_caffe(tmp_path, capsys):
+    from protonet import cli
+    src = tmp_path / "db"
+    db.write_datums(src, ((f"{i:08d}", db.array_to_datum(
+        np.full((2, 2, 2), 10 * (i + 1), np.uint8))) for i in range(3)))
+    assert cli.main(["compute-mean", "-backend", "lmdb", str(src),
+                     str(tmp_path / "mean.binaryproto")]) == 0
+    msgs = _glog(capsys.readouterr().err)
+    assert msgs == ["Starting Iteration", "Processed 3 files.",
+                    f"Write to {tmp_path / 'mean.binaryproto'}",
+                    "Number of channels: 2", "mean_value channel [0]:20",
+                    "mean_value channel [1]:20"]
+
+
+# -- `protonet dataset`: dependencies first, idempotent, never partial ------
+
+def _block_import(monkeypatch, blocked):
+    import builtins
+    real = builtins.__import__
+
+    def fake(name, *args, **kw):
+        if name.split(".")[0] == blocked:
+            raise ImportError(f"No module named {blocked!r}")
+        return real(name, *args, **kw)
+    monkeypatch.setattr(builtins, "__import__", fake)
+
+
+@pytest.mark.parametrize("blocked, formats", [("h5py", "lmdb,hdf5"),
+                                              ("lmdb", "lmdb"),
+                                              ("sklearn", "hdf5")])
+def test_dataset_checks_dependencies_before_writing(tmp_path, capsys,
+                                                    monkeypatch, blocked,
+                                                    formats):
+    from protonet import cli
+    _block_import(monkeypatch, blocked)
+    out = tmp_path / "data" / "digits"
+    assert cli.main(["dataset", "digits", "--out", str(out), "--formats",
+                     formats]) == 1
+    assert blocked.replace("sklearn", "scikit-learn") in \
+        capsys.readouterr().err
+    assert not out.exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name != "data"]
+
+
+def test_dataset_is_idempotent_and_names_force(tmp_path, capsys):
+    from protonet import cli
+    pytest.importorskip("sklearn")
+    pytest.importorskip("h5py")
+    out = tmp_path / "digits"
+    argv = ["dataset", "digits", "--out", str(out), "--size", "10"]
+    assert cli.main(argv) == 0
+    first = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert cli.main(argv) == 0                  # same request: nothing to do
+    said = capsys.readouterr().out
+    assert f"{out} is already up to date" in said
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == first
+    assert cli.main(argv + ["--formats", "lmdb"]) == 0   # a subset: same
+    assert "already up to date" in capsys.readouterr().out
+    (out / "digits_test.h5").unlink()           # ours, incomplete: rewritten
+    assert cli.main(argv) == 0 and (out / "digits_test.h5").exists()
+    assert "wrote" in capsys.readouterr().out
+    (out / "mine.txt").write_text("the user's own file")
+    assert cli.main(["dataset", "digits", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "--force" in err and "10x10" in err and "8x8" in err
+    assert cli.main(["dataset", "digits", "--out", str(out), "--force"]) == 0
+    x = db.datum_to_array(next(db.read_datums(out / "digits_test_lmdb"))[1])
+    assert x.shape == (1, 8, 8)
+    assert (out / "mine.txt").read_text() == "the user's own file"
+    assert (out / "test_h5.txt").read_text().strip() == \
+        str((out / "digits_test.h5").resolve())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".digits")]
+
+
+def test_dataset_failure_leaves_no_partial_folder(tmp_path, capsys,
+                                                  monkeypatch):
+    from protonet import cli
+    from protonet.errors import ProtonetError
+    pytest.importorskip("sklearn")
+    real = datasets._write_splits
+
+    def fail_after_lmdb(tmp, *args):
+        real(tmp, *args[:3], ("lmdb",), args[4])
+        raise ProtonetError("disk full (simulated)")
+    monkeypatch.setattr(datasets, "_write_splits", fail_after_lmdb)
+    out = tmp_path / "digits"
+    assert cli.main(["dataset", "digits", "--out", str(out)]) == 1
+    assert "disk full" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["dataset", "digits", "--out", str(tmp_path / "file")]) == 1
+    assert "not a folder" in capsys.readouterr().err

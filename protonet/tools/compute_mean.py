@@ -27,7 +27,8 @@ def add_arguments(parser):
     parser.add_argument("output_file", metavar="OUTPUT_FILE", nargs="?",
                         default=None)
     parser.add_argument("--backend", default="lmdb",
-                        help="the backend {lmdb, leveldb} of the input database")
+                        help="the backend {lmdb, leveldb} of the input "
+                        "database (also -backend lmdb, --backend=lmdb)")
     return parser
 
 
@@ -40,6 +41,7 @@ def compute_mean(path, backend=_db.LMDB):
         if total is None:
             shape = arr.shape
             total = np.zeros(shape, np.float32)
+            caffelog.info("Starting Iteration", "compute_image_mean.cpp:79")
         elif arr.shape != shape:
             field = "data" if datum.data else "float_data"
             raise DataError(f"{path}: record {key.decode('utf-8', 'replace')!r}"
@@ -71,7 +73,9 @@ def run(args):
     caffelog.info(f"Number of channels: {C}", "compute_image_mean.cpp:114")
     for c in range(C):
         value = float(np.mean(mean[0, c], dtype=np.float64))
-        caffelog.info(f"mean_value channel [{c}]: {value}",
+        # NOTE(caffe): no space after the colon in Caffe's line
+        caffelog.info(f"mean_value channel [{c}]:"
+                      f"{caffelog.format_number(value)}",
                       "compute_image_mean.cpp:119")
         print(f"mean_value channel [{c}]: {value:g}")
     return 0
