@@ -77,6 +77,8 @@ def _parser():
     _flag(p, "gpu", default=None, help="accepted; protonet runs on the CPU")
     _flag(p, "sigint_effect", choices=_EFFECTS, default="stop")
     _flag(p, "sighup_effect", choices=_EFFECTS, default="snapshot")
+    _flag(p, "report", default=None,
+          help="train: keep a live HTML training report in this directory")
     _flag(p, "allow_python_layer", action="store_true",
           help="allow `Python` layers, which run code named in the prototxt "
           "(also PROTONET_ALLOW_PYTHON_LAYER=1)")
@@ -232,8 +234,12 @@ def cmd_train(a):
                 solver.net.copy_from(w)
                 for tn in solver.test_nets:
                     tn.copy_from(w)
+        report = solver.add_report(a.report) if a.report else None
         caffelog.info("Starting Optimization", "caffe.cpp:248")
         solver.solve(a.snapshot or None)
+        if report is not None:
+            caffelog.info(f"Training report: {report.write(finished=True)}",
+                          "caffe.cpp:259")
     caffelog.info("Optimization Done.", "caffe.cpp:259")
     return 0
 
@@ -385,6 +391,8 @@ TOOLS = {
     "summary": ("protonet.tools.summary_cmd",
                 "per-layer shapes, memory, parameters, multiply-adds"),
     "draw": ("protonet.tools.draw_cmd", "draw a net with Graphviz"),
+    "plot": ("protonet.tools.plot_cmd",
+             "training curves (HTML/SVG/PNG) and parse_log.py CSV from logs"),
 }
 
 

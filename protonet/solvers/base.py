@@ -268,6 +268,7 @@ class Solver:
             if self.dp is not None:     # gradients and loss: mean over ranks
                 loss = self.dp.reduce_gradients(self, loss)
             check_step(self.net, self.iter, loss)   # NaN/Inf: NumericalError
+            self.last_loss = float(loss)
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
                 caffelog.info(f"Iteration {self.iter}, loss = "
@@ -365,6 +366,12 @@ class Solver:
         iteration's forward passes, `on_gradients_ready()` before the
         update (Caffe's Solver::Callback)."""
         self.callbacks.append((on_start, on_gradients_ready))
+
+    def add_report(self, directory, **options):
+        """Keep a live HTML training report in `directory` (see
+        protonet.report); returns it: call its `write()` after training."""
+        from ..report import TrainingReport
+        return TrainingReport(self, directory, **options)
 
     def share_weights(self, net):
         """pycaffe's Solver.share_weights(net)."""
