@@ -41,20 +41,21 @@ def _finite_pairs(s, log_y):
 
 
 def nice_ticks(lo, hi, n=5):
-    """Round tick values covering [lo, hi] (about n of them)."""
+    """Round tick values covering [lo, hi] (about n of them, never more
+    than 4n)."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return []
     if hi <= lo:
         hi = lo + (abs(lo) or 1.0)
     raw = (hi - lo) / max(n, 1)
+    if not math.isfinite(raw) or raw <= 0:
+        return [lo]
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    ticks, t = [], first
-    while t <= hi + step * 1e-9:
-        ticks.append(0.0 if abs(t) < step * 1e-9 else t)
-        t += step
-    return ticks
+    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+    if last - first > 4 * n:    # the range is below float resolution
+        return [lo, hi]
+    return [0.0 if k == 0 else k * step for k in range(first, last + 1)]
 
 
 def _fmt(v):
