@@ -39,6 +39,7 @@ class Builder:
         self.wf = wf or dict(type="xavier")
         self.bf = bf or dict(type="constant", value=0)
         self.label = None
+        self.bn_fraction = None
 
     def __getitem__(self, name):
         return self.n[name]
@@ -108,10 +109,14 @@ class Builder:
 
     def bn_scale(self, bn_name, scale_name, bottom):
         """BatchNorm + Scale in place, as the original Caffe ResNets: the
-        statistics are never learned (lr_mult 0, kept explicit for forks)."""
+        statistics are never learned (lr_mult 0, kept explicit for forks).
+        `self.bn_fraction` sets moving_average_fraction (Caffe's 0.999
+        averages over ~1000 iterations: too long for a short run)."""
         if self.train:
+            kw = {} if self.bn_fraction is None else dict(
+                moving_average_fraction=self.bn_fraction)
             self.n[bn_name] = L.BatchNorm(self.n[bottom], in_place=True,
-                                          param=[dict(lr_mult=0)] * 3)
+                                          param=[dict(lr_mult=0)] * 3, **kw)
             self.n[scale_name] = L.Scale(self.n[bottom], in_place=True,
                                          bias_term=True)
         else:
@@ -501,6 +506,7 @@ def resnet20_digits(b):
                "data/digits/digits_train_lmdb", "data/digits/digits_test_lmdb",
                64, 199)
     b.wf = dict(type="msra")
+    b.bn_fraction = 0.9     # PyTorch's BatchNorm momentum 0.1
     x = b.conv("conv1", x, 16, 3, pad=1, bias=False)
     b.bn_scale("bn_conv1", "scale_conv1", x)
     b.relu("conv1_relu", x)
@@ -768,9 +774,11 @@ MODELS["resnet20_digits"] = _model(
     "the paper's CIFAR-10 net with the CNN lecture's recipe: BatchNorm + "
     "Scale after every convolution, MSRA initialisation, SGD momentum 0.9, "
     "learning rate 0.1 divided by 10 when the test accuracy plateaus "
-    "(protonet's lr_policy \"plateau\"), weight decay 1e-4, no dropout",
+    "(protonet's lr_policy \"plateau\"), weight decay 1e-4, no dropout; "
+    "BatchNorm's moving_average_fraction 0.9 (PyTorch's momentum 0.1) for "
+    "this short run",
     _solver(base_lr=0.1, lr_policy="plateau", gamma=0.1, momentum=0.9,
-            weight_decay=0.0001, max_iter=600, test_iter=3, test_interval=20,
+            weight_decay=0.0001, max_iter=500, test_iter=3, test_interval=20,
             display=20, snapshot=0, random_seed=1, test_initialization=False,
             snapshot_prefix="data/digits/resnet20_digits",
             plateau_param=dict(monitor="accuracy", mode=1, patience=3,
