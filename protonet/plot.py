@@ -85,7 +85,8 @@ def to_html(chart_list, x_label, title):
             "minmax(min(100%,460px),1fr));gap:14px;padding:14px}"
             "section{background:#fff;border:1px solid #dde1e6;border-radius:6px;"
             "padding:10px 12px}h2{font-size:15px;margin:2px 0 8px}"
-            ".chart{width:100%;height:auto}</style></head><body>"
+            ".chart{width:100%;height:auto}"
+            "@media (max-width:600px){.chart text{font-size:17px}}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><main>{parts}</main></body></html>")
 
 

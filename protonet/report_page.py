@@ -35,6 +35,7 @@ td:first-child,th:first-child,td.t,th.t{text-align:left}
 .toggle{padding:8px 18px;background:#fff;border-bottom:1px solid #dde1e6;font-size:13px}
 #x-time:checked~main .x-iter{display:none}
 #x-iter:checked~main .x-time{display:none}
+@media (max-width:600px){.chart text{font-size:17px}main{padding:6px;gap:8px}}
 .toggle label{cursor:pointer;padding:2px 8px;border-radius:4px}
 #x-iter:checked~.toggle label[for=x-iter],#x-time:checked~.toggle label[for=x-time]{background:#1f2d3d;color:#fff}
 """
