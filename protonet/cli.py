@@ -74,6 +74,9 @@ def _add_train(sub):
                    help="what SIGINT (Ctrl-C) does")
     p.add_argument("--sighup_effect", choices=_EFFECTS, default="snapshot",
                    help="what SIGHUP does")
+    p.add_argument("--report", metavar="DIR", default=None,
+                   help="keep a live HTML training report in DIR/index.html "
+                   "(rewritten at every display and test interval)")
     add_solver_flags(p)
 
 
@@ -234,10 +237,14 @@ def cmd_train(a):
             solver.net.copy_from(w)
             for tn in solver.test_nets:
                 tn.copy_from(w)
+        report = solver.add_report(a.report) if a.report else None
         caffelog.info("Starting Optimization", "caffe.cpp:248")
         bar = _progress(solver)
         with bar if bar is not None else contextlib.nullcontext():
             solver.solve(a.snapshot or None)
+        if report is not None:
+            caffelog.info(f"Training report: {report.write(finished=True)}",
+                          "caffe.cpp:259")
     caffelog.info("Optimization Done.", "caffe.cpp:259")
     return 0
 
@@ -396,6 +403,8 @@ TOOLS = {
             "run an unchanged pycaffe script (`import caffe` loads protonet)"),
     "extract-features": ("protonet.tools.extract_features_cmd",
                          "blobs of a trained net -> LMDB/LevelDB of Datums"),
+    "plot": ("protonet.tools.plot_cmd",
+             "training curves (HTML/SVG/PNG) and parse_log.py CSV from logs"),
 }
 
 

@@ -19,6 +19,8 @@ SolverParameter):
              (k advances by at most one per call, as in Caffe)
 - poly:      base_lr * (1 - it / max_iter) ^ power
 - sigmoid:   base_lr / (1 + exp(-gamma * (it - stepsize)))
+- plateau:   [protonet] base_lr * gamma ^ k, k = reductions so far: one each
+             time a test output stops improving (see `Plateau`)
 """
 
 import math
@@ -27,7 +29,8 @@ import numpy as np
 
 from .errors import SolverError
 
-POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid",
+            "plateau")
 
 _f32 = np.float32
 
@@ -48,12 +51,112 @@ def check_policy(param, path=None):
     if policy == "step" and param.gamma < 0:
         raise SolverError(f"{where}: gamma: lr_policy 'step' needs gamma >= 0, "
                           f"got {param.gamma}")
+    if policy == "plateau":
+        _check_plateau(param, where)
     if policy == "poly" and param.max_iter <= 0:
         raise SolverError(f"{where}: max_iter: lr_policy 'poly' needs "
                           f"max_iter > 0, got {param.max_iter}")
 
 
-def learning_rate(param, it, current_step=0):
+def _check_plateau(param, where):
+    pp = param.plateau_param
+    if param.test_interval <= 0:
+        raise SolverError(f"{where}: test_interval: lr_policy 'plateau' watches "
+                          f"a test output, so it needs test_interval > 0, got "
+                          f"{param.test_interval}")
+    if not 0 < param.gamma < 1:
+        raise SolverError(f"{where}: gamma: lr_policy 'plateau' multiplies the "
+                          f"rate by gamma, which must be in (0, 1), got "
+                          f"{param.gamma}")
+    for name, value, ok in [
+            ("patience", pp.patience, pp.patience >= 1),
+            ("cooldown", pp.cooldown, pp.cooldown >= 0),
+            ("threshold", pp.threshold, 0 <= pp.threshold < 1),
+            ("min_lr", pp.min_lr, 0 <= pp.min_lr < float("inf")),
+            ("test_net", pp.test_net, pp.test_net >= 0)]:
+        if not ok:
+            raise SolverError(f"{where}: plateau_param.{name}: invalid value "
+                              f"{value}")
+
+
+class Plateau:
+    """The state of lr_policy "plateau" [protonet].
+
+    After every test pass the solver calls `observe` with the monitored
+    output; when it has not improved on the best value by more than
+    `threshold` (relative) for `patience` passes in a row, the rate is
+    multiplied by gamma (not below min_lr) and `cooldown` passes are
+    ignored. NOTE: PyTorch's ReduceLROnPlateau reduces one pass later
+    (when the count exceeds patience).
+    """
+
+    def __init__(self, param):
+        pp = param.plateau_param
+        self.gamma = float(_f32(param.gamma))
+        self.min_lr = float(_f32(pp.min_lr))
+        self.monitor, self.test_net = pp.monitor, pp.test_net
+        self.maximize = pp.mode == pp.MAX
+        self.threshold = float(_f32(pp.threshold))
+        self.patience, self.cooldown = pp.patience, pp.cooldown
+        self.rate = float(_f32(param.base_lr))
+        self.best = None
+        self.bad = 0
+        self.cooldown_left = 0
+        self.reductions = 0
+
+    def _improves(self, value):
+        if self.best is None:
+            return True
+        margin = abs(self.best) * self.threshold
+        if self.maximize:
+            return value > self.best + margin
+        return value < self.best - margin
+
+    def observe(self, value):
+        """Take one test pass's value; returns True if the rate was reduced."""
+        value = float(value)
+        if not math.isfinite(value):
+            raise SolverError(f"lr_policy 'plateau': the monitored output "
+                              f"'{self.monitor}' is {value}")
+        if self._improves(value):
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            self.bad = 0
+        if self.bad < self.patience:
+            return False
+        self.bad, self.cooldown_left = 0, self.cooldown
+        new = max(float(_f32(self.rate * self.gamma)), self.min_lr)
+        if new >= self.rate:
+            return False
+        self.rate = new
+        self.reductions += 1
+        return True
+
+    def state(self):
+        """What an exact resume needs (JSON-friendly)."""
+        return {"rate": self.rate, "best": self.best, "bad": self.bad,
+                "cooldown_left": self.cooldown_left,
+                "reductions": self.reductions}
+
+    def set_state(self, state, where="<sidecar>"):
+        try:
+            rate, best = float(state["rate"]), state["best"]
+            best = None if best is None else float(best)
+            bad, left = int(state["bad"]), int(state["cooldown_left"])
+            reductions = int(state["reductions"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SolverError(f"{where}: plateau: malformed state ({e!r})") \
+                from None
+        if not (math.isfinite(rate) and rate >= 0 and bad >= 0 and left >= 0):
+            raise SolverError(f"{where}: plateau: invalid state {state}")
+        self.rate, self.best, self.bad = rate, best, bad
+        self.cooldown_left, self.reductions = left, reductions
+
+
+def learning_rate(param, it, current_step=0, plateau=None):
     """The rate used for iteration `it`.
 
     Args:
@@ -61,6 +164,7 @@ def learning_rate(param, it, current_step=0):
         it: the iteration (number of updates already done).
         current_step: Caffe's `current_step_` (used and advanced by the
             'multistep' policy, recomputed by 'step').
+        plateau: the solver's `Plateau` (policy 'plateau' only).
 
     Returns:
         (rate as np.float32, the new current_step).
@@ -90,6 +194,11 @@ def learning_rate(param, it, current_step=0):
         rate = base * math.pow(gamma, current_step)
     elif policy == "poly":
         rate = base * math.pow(1.0 - it / float(param.max_iter), power)
+    elif policy == "plateau":
+        if plateau is None:
+            raise SolverError("lr_policy 'plateau' needs the solver's test "
+                              "results (a Plateau state)")
+        rate = plateau.rate
     elif policy == "sigmoid":
         z = -gamma * (it - param.stepsize)
         rate = base / (1.0 + math.exp(z)) if z < 700 else 0.0

@@ -384,16 +384,19 @@ class DataParallel:
                 solver.net.layer_dict[name].set_state(s)
 
     def after_test(self, solver):
-        """After rank 0's test pass: share its stop request and RNG state
-        (test nets may draw from the generator)."""
+        """After rank 0's test pass: share its stop request, RNG state
+        (test nets may draw from the generator) and scores (lr_policy
+        'plateau' decides from them on every rank)."""
         from . import rng as _rng
         self.where = f"iteration {solver.iter} (rank 0 testing)"
-        state = (solver.requested_early_exit, _rng.get_state()) \
-            if self.is_root else None
-        stop, rng_state = self.bcast_object(state, "rank 0's test results")
+        state = (solver.requested_early_exit, _rng.get_state(),
+                 solver.test_results) if self.is_root else None
+        stop, rng_state, results = self.bcast_object(state,
+                                                     "rank 0's test results")
         if not self.is_root:
             solver.requested_early_exit = stop
             _rng.set_state(rng_state)
+            solver.test_results = results
 
     # -- gradients --------------------------------------------------------
     def _plan(self, net):

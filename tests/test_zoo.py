@@ -55,10 +55,11 @@ EXPECTED = {
     "resnet50": (25_610_269, 25_557_096),
     "resnet101": (44_654_608, 44_549_160),
     "resnet152": (60_344_387, 60_192_808),
+    "resnet20_digits": (273_775, 272_186),     # paper: 0.27M
 }
 SMALL = ["lenet", "cifar10_quick", "cifar10_full", "alexnet", "caffenet",
          "nin", "googlenet", "squeezenet_v1.0", "squeezenet_v1.1",
-         "mobilenet_v1", "resnet18"]
+         "mobilenet_v1", "resnet18", "resnet20_digits"]
 # Original releases in the corpus: same layer names and parameter shapes,
 # so their .caffemodel files load into the zoo nets.
 RELEASES = {
@@ -171,7 +172,8 @@ def _train_net_with_input(name):
 
 
 @pytest.mark.parametrize("name", ["lenet", "cifar10_quick", "cifar10_full",
-                                  "googlenet", "squeezenet_v1.1", "resnet18"])
+                                  "googlenet", "squeezenet_v1.1", "resnet18",
+                                  "resnet20_digits"])
 def test_train_val_builds_in_train_phase(name):
     net = protonet.Net(_train_net_with_input(name), phase=protonet.TRAIN)
     losses = [n for n, w in net.blob_loss_weights.items() if w]

@@ -39,6 +39,7 @@ class Builder:
         self.wf = wf or dict(type="xavier")
         self.bf = bf or dict(type="constant", value=0)
         self.label = None
+        self.bn_fraction = None
 
     def __getitem__(self, name):
         return self.n[name]
@@ -108,10 +109,14 @@ class Builder:
 
     def bn_scale(self, bn_name, scale_name, bottom):
         """BatchNorm + Scale in place, as the original Caffe ResNets: the
-        statistics are never learned (lr_mult 0, kept explicit for forks)."""
+        statistics are never learned (lr_mult 0, kept explicit for forks).
+        `self.bn_fraction` sets moving_average_fraction (Caffe's 0.999
+        averages over ~1000 iterations: too long for a short run)."""
         if self.train:
+            kw = {} if self.bn_fraction is None else dict(
+                moving_average_fraction=self.bn_fraction)
             self.n[bn_name] = L.BatchNorm(self.n[bottom], in_place=True,
-                                          param=[dict(lr_mult=0)] * 3)
+                                          param=[dict(lr_mult=0)] * 3, **kw)
             self.n[scale_name] = L.Scale(self.n[bottom], in_place=True,
                                          bias_term=True)
         else:
@@ -491,6 +496,38 @@ def _resnet(b, depth):
     b.head(x)
 
 
+def resnet20_digits(b):
+    """The CIFAR ResNet-20 of He et al. (section 4.2: 3 stages of 3 basic
+    blocks, 16/32/64 filters, global average pooling) on the bundled digits
+    at 32x32. NOTE: the paper's CIFAR nets pad the shortcut with zeros where
+    the width doubles (option A); Caffe has no such layer, so those two
+    shortcuts are 1x1 projections with BatchNorm (option B)."""
+    x = b.data((1, 32, 32), dict(scale=0.00392156862),
+               "data/digits/digits_train_lmdb", "data/digits/digits_test_lmdb",
+               64, 199)
+    b.wf = dict(type="msra")
+    b.bn_fraction = 0.9     # PyTorch's BatchNorm momentum 0.1
+    x = b.conv("conv1", x, 16, 3, pad=1, bias=False)
+    b.bn_scale("bn_conv1", "scale_conv1", x)
+    b.relu("conv1_relu", x)
+    width = 16
+    for stage in (2, 3, 4):
+        for i in range(3):
+            tag = f"{stage}{chr(ord('a') + i)}"
+            stride = 2 if i == 0 and stage > 2 else 1
+            short = x if stride == 1 else _conv_bn(
+                b, tag + "_branch1", x, width, 1, stride, relu=False)
+            y = _conv_bn(b, tag + "_branch2a", x, width, 3, stride, 1)
+            y = _conv_bn(b, tag + "_branch2b", y, width, 3, 1, 1, relu=False)
+            b[f"res{tag}"] = L.Eltwise(b[short], b[y])
+            x = f"res{tag}"
+            b.relu(f"res{tag}_relu", x)
+        width *= 2
+    x = b.pool("pool5", x, AVE, global_pooling=True)
+    x = b.fc("fc10", x, 10, wf=dict(type="msra"))
+    b.head(x, top5=False)
+
+
 def _fire(b, k, x, s, e):
     p = f"fire{k}/"
     x = b.conv(p + "squeeze1x1", x, s, 1)
@@ -731,6 +768,25 @@ MODELS = {
         "BGR mean pixel (103.94, 116.78, 123.68), then scale 0.017, 224x224 "
         "random crops, mirror"),
 }
+MODELS["resnet20_digits"] = _model(
+    "ResNet-20 on the bundled digits (the lecture's recipe)", resnet20_digits,
+    _RESNET_PAPER + ", section 4.2 (CIFAR-10 ResNet-20)",
+    "the paper's CIFAR-10 net with the CNN lecture's recipe: BatchNorm + "
+    "Scale after every convolution, MSRA initialisation, SGD momentum 0.9, "
+    "learning rate 0.1 divided by 10 when the test accuracy plateaus "
+    "(protonet's lr_policy \"plateau\"), weight decay 1e-4, no dropout; "
+    "BatchNorm's moving_average_fraction 0.9 (PyTorch's momentum 0.1) for "
+    "this short run",
+    _solver(base_lr=0.1, lr_policy="plateau", gamma=0.1, momentum=0.9,
+            weight_decay=0.0001, max_iter=500, test_iter=3, test_interval=20,
+            display=20, snapshot=0, random_seed=1, test_initialization=False,
+            snapshot_prefix="data/digits/resnet20_digits",
+            plateau_param=dict(monitor="accuracy", mode=1, patience=3,
+                               threshold=0.001)),
+    "scikit-learn's digits at 32x32 (`protonet dataset digits --size 32`), "
+    "pixels scaled by 1/255, no augmentation",
+    "the bundled digits: `protonet dataset digits --size 32` writes "
+    "data/digits/digits_{train,test}_lmdb (1200 train, 597 test images)")
 for _d in (18, 34, 50, 101, 152):
     MODELS[f"resnet{_d}"] = _model(
         f"ResNet-{_d}", (lambda d: lambda b: _resnet(b, d))(_d),
@@ -757,9 +813,13 @@ def solver_text(name):
             s.solver_mode = caffe_pb2.SolverParameter.CPU
         elif isinstance(v, list) or k == "test_iter":
             getattr(s, k).extend(v if isinstance(v, list) else [v])
+        elif isinstance(v, dict):
+            field = getattr(s, k)
+            field.MergeFrom(type(field)(**v))
         else:
             setattr(s, k, v)
-    s.snapshot_prefix = f"zoo/{name}/{name}"
+    if not s.HasField("snapshot_prefix"):
+        s.snapshot_prefix = f"zoo/{name}/{name}"
     return io.format_text(s)
 
 
@@ -789,8 +849,10 @@ def readme_text(name, deploy):
     lines += [f"- Multiply-adds per image: {macs:,} (convolution and "
               "inner product layers, `protonet.summary`).",
               f"- Training input: {spec['data']}.",
-              f"- Data: {spec['data_note']}; the LMDB paths in "
-              "train_val.prototxt are placeholders to replace.",
+              f"- Data: {spec['data_note']}" + (
+                  "." if "bundled" in spec["data_note"] else
+                  "; the LMDB paths in train_val.prototxt are placeholders "
+                  "to replace."),
               "",
               "Files: `deploy.prototxt` (Input layer, Softmax `prob`, no "
               "fillers), `train_val.prototxt` (Data layers, loss, accuracy), "

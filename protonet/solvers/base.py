@@ -30,7 +30,7 @@ from .. import io as _io
 from .. import parallel
 from .. import rng as _rng
 from ..errors import NumericalError, SolverError
-from ..lr_policy import check_policy, learning_rate
+from ..lr_policy import Plateau, check_policy, learning_rate
 from ..numerics import check_step
 from ..net import TEST, TRAIN, Net
 from ..proto import caffe_pb2
@@ -108,6 +108,8 @@ class Solver:
         self.losses = []
         self.test_results = []
         self.test_loss = {}
+        self.plateau = Plateau(self.param) \
+            if self.param.lr_policy == "plateau" else None
         self._init_train_net()
         self._init_test_nets()
         self.history = [np.zeros(b.shape, f32) for b in self.net.learnable_params]
@@ -258,6 +260,7 @@ class Solver:
                 self.test_all()
                 if self.requested_early_exit:
                     break
+                self._observe_plateau()
             display = p.display and self.iter % p.display == 0
             for on_start, _ in self.callbacks:
                 on_start()
@@ -268,6 +271,7 @@ class Solver:
             if self.dp is not None:     # gradients and loss: mean over ranks
                 loss = self.dp.reduce_gradients(self, loss)
             check_step(self.net, self.iter, loss)   # NaN/Inf: NumericalError
+            self.last_loss = float(loss)
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
                 caffelog.info(f"Iteration {self.iter}, loss = "
@@ -355,6 +359,29 @@ class Solver:
         if self.dp is not None:     # rank 0 alone tests
             self.dp.after_test(self)
 
+    def _observe_plateau(self):
+        """lr_policy 'plateau': feed it the monitored test output."""
+        pl = self.plateau
+        if pl is None or not self.test_results:
+            return
+        if pl.test_net >= len(self.test_results):
+            raise SolverError(f"{self.where}: plateau_param.test_net: "
+                              f"{pl.test_net}, but the solver has "
+                              f"{len(self.test_nets)} test net(s)")
+        outputs = self.test_results[pl.test_net]
+        if pl.monitor not in outputs:
+            raise SolverError(f"{self.where}: plateau_param.monitor: test net "
+                              f"#{pl.test_net} has no output '{pl.monitor}' "
+                              f"(outputs: {', '.join(outputs) or 'none'})")
+        old = pl.rate
+        if pl.observe(float(np.mean(outputs[pl.monitor]))):
+            caffelog.info(f"Iteration {self.iter}, plateau: {pl.monitor} did "
+                          f"not improve for {pl.patience} test passes (best "
+                          f"{caffelog.format_number(pl.best)}); lr "
+                          f"{caffelog.format_number(old)} -> "
+                          f"{caffelog.format_number(pl.rate)}",
+                          "sgd_solver.cpp:106")
+
     def share_trained_layers(self, test_net):
         """Make `test_net`'s parameters views of the train net's, by layer
         name (Caffe's Net::ShareTrainedLayersWith)."""
@@ -365,6 +392,12 @@ class Solver:
         iteration's forward passes, `on_gradients_ready()` before the
         update (Caffe's Solver::Callback)."""
         self.callbacks.append((on_start, on_gradients_ready))
+
+    def add_report(self, directory, **options):
+        """Keep a live HTML training report in `directory` (see
+        protonet.report); returns it: call its `write()` after training."""
+        from ..report import TrainingReport
+        return TrainingReport(self, directory, **options)
 
     def share_weights(self, net):
         """pycaffe's Solver.share_weights(net)."""
@@ -417,7 +450,7 @@ class Solver:
     def apply_update(self):
         """Caffe's SGDSolver::ApplyUpdate."""
         rate, self.current_step = learning_rate(self.param, self.iter,
-                                                self.current_step)
+                                                self.current_step, self.plateau)
         if self.param.display and self.iter % self.param.display == 0:
             caffelog.info(f"Iteration {self.iter}, lr = "
                           f"{caffelog.format_number(rate)}", "sgd_solver.cpp:106")
@@ -524,6 +557,8 @@ class Solver:
     def _write_sidecar(self, state_file):
         side = {"format": 1, "iter": self.iter, "rng": _rng.get_state(),
                 "data": self._data_states()}
+        if self.plateau is not None:
+            side["plateau"] = self.plateau.state()
         _io.atomic_write(state_file + SIDECAR_SUFFIX,
                          json.dumps(side).encode("utf-8"))
 
@@ -571,6 +606,8 @@ class Solver:
             except (OSError, ValueError) as e:
                 raise SolverError(f"{side}: unreadable: {e}") from None
             _rng.set_state(data["rng"])
+            if self.plateau is not None and "plateau" in data:
+                self.plateau.set_state(data["plateau"], side)
             nets = {"train": self.net}
             nets.update({f"test_{i}": n for i, n in enumerate(self.test_nets)})
             for key, states in data.get("data", {}).items():

@@ -1,0 +1,260 @@
+"""A live training report: one self-contained HTML page.
+
+`TrainingReport(solver, directory)` watches a solver through its callbacks
+and rewrites `directory/index.html` (atomically) at every display and test
+interval, so a browser refresh shows progress. The page fetches nothing:
+charts are inline SVG (protonet.charts), pictures are inline PNG.
+
+It shows:
+- train loss, raw and smoothed, against iteration and wall time;
+- every test output against iteration and wall time;
+- the learning rate (log scale) with the iterations where it changed;
+- per layer: weight and gradient L2 norms, and the ratio of the update to
+  the weights (the lecture's check: about 1e-3), with flags for dead ReLUs
+  (fraction of zero activations), vanishing and exploding gradients;
+- the first convolution's filters, and activation maps of the first test
+  images at a few layers;
+- the net's summary table and a drawing of the train net.
+"""
+
+import html
+import math
+import os
+import time
+
+import numpy as np
+
+from . import charts
+from . import io as _io
+from . import vis
+from .errors import ProtonetError
+from .lr_policy import learning_rate
+from .report_page import render_page
+
+# Flags (thresholds of the lecture's rules of thumb).
+DEAD_RELU_FRACTION = 0.9        # a ReLU whose outputs are >= 90 % zeros
+RATIO_HIGH, RATIO_LOW = 1e-1, 1e-6   # update/weight ratio far from ~1e-3
+GRAD_EXPLODING = 1e3            # gradient norm / weight norm
+
+
+class ReportError(ProtonetError):
+    """The report directory cannot be written."""
+
+
+def _norm(a):
+    a = np.asarray(a, dtype=np.float64).ravel()
+    return float(math.sqrt(np.dot(a, a))) if a.size else 0.0
+
+
+class TrainingReport:
+    """Collects a solver's progress and writes the HTML report.
+
+    Args:
+        solver: a protonet Solver (SGDSolver, AdamSolver, ...).
+        directory: where `index.html` goes (created if missing).
+        activation_layers: blob names whose maps to show (default: the
+            tops of the first two convolutions of the first test net).
+        images: how many test images' activation maps to show.
+        stats_every: iterations between per-layer statistics (default:
+            the solver's display interval, or 100).
+    """
+
+    def __init__(self, solver, directory, activation_layers=None, images=3,
+                 stats_every=None):
+        self.solver = solver
+        self.directory = os.fspath(directory)
+        self.path = os.path.join(self.directory, "index.html")
+        self._prepare_directory()
+        p = solver.param
+        self.stats_every = int(stats_every or p.display or 100)
+        self.activation_layers = activation_layers
+        self.images = int(images)
+        self.t0 = time.time()
+        self.loss = []          # (iter, seconds, raw loss, smoothed loss)
+        self.lr = []            # (iter, seconds, rate)
+        self.tests = []         # (iter, seconds, {test net: {output: value}})
+        self.layer_stats = []   # (iter, {param name: {...}})
+        self.relu_zero = []     # (iter, {layer: fraction of zeros})
+        self.pictures = {}
+        self._last_tests = None
+        self._before_update = None
+        solver.add_callback(self._on_start, self._on_gradients_ready)
+
+    def _prepare_directory(self):
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as e:
+            raise ReportError(f"report directory {self.directory}: cannot "
+                              f"create it: {e.strerror}") from None
+        if not os.access(self.directory, os.W_OK):
+            raise ReportError(f"report directory {self.directory}: not "
+                              f"writable")
+
+    # -- observation ----------------------------------------------------
+    def _seconds(self):
+        return time.time() - self.t0
+
+    def _collect_tests(self):
+        """Record the solver's latest test pass, if it is new."""
+        s = self.solver
+        if s.test_results is self._last_tests or not s.test_results:
+            return False
+        self._last_tests = s.test_results
+        outs = {i: {k: float(np.mean(v)) for k, v in r.items()}
+                for i, r in enumerate(s.test_results)}
+        self.tests.append((s.iter, self._seconds(), outs))
+        self._capture_activations()
+        return True
+
+    def _on_start(self):
+        if self._before_update is not None:
+            self._finish_update_ratios()
+        if self._collect_tests():
+            self.write()
+
+    def _on_gradients_ready(self):
+        s = self.solver
+        smoothed = float(s.smoothed_loss)
+        raw = float(getattr(s, "last_loss", smoothed))
+        self.loss.append((s.iter, self._seconds(), raw, smoothed))
+        rate, _ = learning_rate(s.param, s.iter, s.current_step, s.plateau)
+        if not self.lr or self.lr[-1][2] != float(rate):
+            self.lr.append((s.iter, self._seconds(), float(rate)))
+        if s.iter % self.stats_every == 0:
+            self._layer_statistics()
+            self.write()
+
+    def _params(self):
+        net = self.solver.net
+        for name, blobs in net.params.items():
+            for k, blob in enumerate(blobs):
+                yield f"{name}[{k}]", blob
+
+    def _layer_statistics(self):
+        iter_size = max(1, self.solver.param.iter_size)
+        stats, before = {}, {}
+        for key, blob in self._params():
+            w, g = _norm(blob.data), _norm(blob.diff) / iter_size
+            stats[key] = {"weight": w, "grad": g}
+            before[key] = np.array(blob.data, copy=True)
+        self.layer_stats.append((self.solver.iter, stats))
+        self._before_update = before
+        self.relu_zero.append((self.solver.iter, self._relu_zero_fractions()))
+        if "filters" not in self.pictures or self.solver.iter % (
+                10 * self.stats_every) == 0:
+            self._capture_filters()
+
+    def _finish_update_ratios(self):
+        stats = self.layer_stats[-1][1]
+        for key, blob in self._params():
+            old = self._before_update.get(key)
+            if old is not None and key in stats:
+                w = stats[key]["weight"]
+                delta = _norm(np.asarray(blob.data, np.float64) - old)
+                stats[key]["ratio"] = delta / w if w > 0 else math.nan
+        self._before_update = None
+
+    def _relu_zero_fractions(self):
+        net = self.solver.net
+        out = {}
+        for name, layer, tops in zip(net.layer_names, net.layers,
+                                     net.top_names.values()):
+            if layer.type == "ReLU" and tops:
+                a = np.asarray(net.blobs[tops[0]].data)
+                if a.size:
+                    out[name] = float(np.count_nonzero(a <= 0)) / a.size
+        return out
+
+    def _capture_filters(self):
+        net = self.solver.net
+        for name, layer in zip(net.layer_names, net.layers):
+            if layer.type == "Convolution" and name in net.params:
+                try:
+                    grid = vis.filters(net, name)
+                except vis.VisError:
+                    continue
+                scale = max(1, int(160 // max(grid.shape[:2])))
+                self.pictures["filters"] = (name, vis.png_bytes(grid, scale))
+                return
+
+    def _activation_blobs(self, net):
+        if self.activation_layers:
+            return [b for b in self.activation_layers if b in net.blobs]
+        names = []
+        for layer, tops in zip(net.layers, net.top_names.values()):
+            if layer.type == "Convolution" and tops:
+                names.append(tops[0])
+            if len(names) == 2:
+                break
+        return names
+
+    def _capture_activations(self):
+        if not self.solver.test_nets:
+            return
+        net = self.solver.test_nets[0]
+        maps = []
+        for blob in self._activation_blobs(net):
+            n = net.blobs[blob].data.shape[0] if net.blobs[blob].data.ndim else 0
+            for i in range(min(self.images, n)):
+                try:
+                    grid = vis.activations(net, blob, image=i, max_maps=32)
+                except vis.VisError:
+                    break
+                scale = max(1, int(120 // max(grid.shape[:2])))
+                maps.append((blob, i, vis.png_bytes(grid, scale)))
+        self.pictures["activations"] = maps
+
+    # -- output ---------------------------------------------------------
+    def flags(self):
+        """Human-readable warnings from the latest statistics."""
+        out = []
+        if self.layer_stats:
+            it, stats = self.layer_stats[-1]
+            for key, s in stats.items():
+                w, g, r = s["weight"], s["grad"], s.get("ratio", math.nan)
+                if not math.isfinite(g):
+                    out.append(f"{key}: gradient is not finite at iteration {it}")
+                elif w > 0 and g / w > GRAD_EXPLODING:
+                    out.append(f"{key}: exploding gradient (|g|/|w| = "
+                               f"{g / w:.3g}) at iteration {it}")
+                elif g == 0 and w > 0:
+                    out.append(f"{key}: vanishing gradient (exactly zero) "
+                               f"at iteration {it}")
+                if math.isfinite(r) and r > RATIO_HIGH:
+                    out.append(f"{key}: update/weight ratio {r:.2g} is large "
+                               f"(about 1e-3 is healthy)")
+                elif math.isfinite(r) and 0 < r < RATIO_LOW:
+                    out.append(f"{key}: update/weight ratio {r:.2g} is tiny "
+                               f"(about 1e-3 is healthy)")
+        if self.relu_zero:
+            it, zeros = self.relu_zero[-1]
+            for name, frac in zeros.items():
+                if frac >= DEAD_RELU_FRACTION:
+                    out.append(f"{name}: {frac:.0%} of the ReLU's outputs are "
+                               f"zero at iteration {it} (dead units?)")
+        return out
+
+    def write(self, finished=False):
+        """Render the page and replace index.html atomically (`finished`:
+        the page stops asking the browser to refresh it)."""
+        if finished:
+            if self._before_update is not None:
+                self._finish_update_ratios()
+            self._collect_tests()
+        page = render_page(self, finished)
+        try:
+            _io.atomic_write(self.path, page.encode("utf-8"))
+        except OSError as e:
+            raise ReportError(f"report {self.path}: cannot write it: "
+                              f"{e.strerror}") from None
+        return self.path
+
+
+def attach(solver, directory, **options):
+    """Attach a TrainingReport to `solver`; call `.write()` after training
+    for the final figures (the CLI does)."""
+    return TrainingReport(solver, directory, **options)
+
+
+def escape(text):
+    return html.escape(str(text))
