@@ -67,7 +67,8 @@ def _fmt(v):
 
 
 class _Axes:
-    def __init__(self, pairs, log_y, y_range):
+    def __init__(self, pairs, log_y, y_range, top=_TOP):
+        self.top = top
         xs = [p[0] for ps in pairs for p in ps] or [0.0, 1.0]
         ys = [p[1] for ps in pairs for p in ps] or [0.0, 1.0]
         self.log_y = log_y
@@ -88,7 +89,7 @@ class _Axes:
     def py(self, y):
         v = math.log10(y) if self.log_y else y
         frac = (v - self.y0) / (self.y1 - self.y0)
-        return _H - _BOTTOM - frac * (_H - _TOP - _BOTTOM)
+        return _H - _BOTTOM - frac * (_H - self.top - _BOTTOM)
 
     def y_ticks(self):
         if self.log_y:
@@ -111,7 +112,7 @@ def _grid(ax, x_label, y_label):
     for t in nice_ticks(ax.x0, ax.x1, 6):
         if ax.x0 <= t <= ax.x1:
             x = ax.px(t)
-            out.append(f'<line x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" '
+            out.append(f'<line x1="{x:.1f}" y1="{ax.top}" x2="{x:.1f}" '
                        f'y2="{_H - _BOTTOM}" class="grid"/>'
                        f'<text x="{x:.1f}" y="{_H - _BOTTOM + 16}" '
                        f'text-anchor="middle">{_fmt(t)}</text>')
@@ -123,21 +124,33 @@ def _grid(ax, x_label, y_label):
                    f'text-anchor="end">{_fmt(t)}</text>')
     out.append(f'<text x="{(_W + _LEFT) / 2:.0f}" y="{_H - 8}" '
                f'text-anchor="middle" class="label">{e(x_label)}</text>')
-    out.append(f'<text transform="translate(14,{(_H - _BOTTOM + _TOP) / 2:.0f}) '
+    out.append(f'<text transform="translate(14,{(_H - _BOTTOM + ax.top) / 2:.0f}) '
                f'rotate(-90)" text-anchor="middle" class="label">'
                f'{e(y_label)}</text>')
     return out
 
 
-def _legend(series):
-    out, x = [], _LEFT
+def _legend_places(series):
+    """(x, y) of each legend entry, wrapping to new rows; and the top of
+    the plot area below them."""
+    places, x, y = [], _LEFT, 14
     for s in series:
+        width = 30 + 7 * len(s.label)
+        if x > _LEFT and x + width > _W - _RIGHT:
+            x, y = _LEFT, y + 15
+        places.append((x, y))
+        x += width
+    return places, y + 16
+
+
+def _legend(series, places):
+    out = []
+    for s, (x, y) in zip(series, places):
         label = html.escape(s.label)
         dash = ' stroke-dasharray="5,3"' if s.dashed else ""
-        out.append(f'<line x1="{x}" y1="14" x2="{x + 18}" y2="14" '
+        out.append(f'<line x1="{x}" y1="{y}" x2="{x + 18}" y2="{y}" '
                    f'stroke="{s.color}" stroke-width="2.5"{dash}/>'
-                   f'<text x="{x + 22}" y="18">{label}</text>')
-        x += 30 + 7 * len(s.label)
+                   f'<text x="{x + 22}" y="{y + 4}">{label}</text>')
     return out
 
 
@@ -153,14 +166,15 @@ def line_chart(series, title="", x_label="iteration", y_label="",
     for i, s in enumerate(series):
         s.color = s.color or PALETTE[i % len(PALETTE)]
     pairs = [_finite_pairs(s, log_y) for s in series]
-    ax = _Axes(pairs, log_y, y_range)
+    places, top = _legend_places(series)
+    ax = _Axes(pairs, log_y, y_range, max(_TOP, top))
     body = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}" '
             f'class="chart" role="img" data-series="{len(series)}">',
             f'<title>{html.escape(title)}</title>',
             "<style>text{font:11px sans-serif;fill:#333}.label{font-size:12px}"
             ".grid{stroke:#e4e4e4;stroke-width:1}</style>",
-            f'<rect x="{_LEFT}" y="{_TOP}" width="{_W - _LEFT - _RIGHT}" '
-            f'height="{_H - _TOP - _BOTTOM}" fill="#fff" stroke="#bbb"/>']
+            f'<rect x="{_LEFT}" y="{ax.top}" width="{_W - _LEFT - _RIGHT}" '
+            f'height="{_H - ax.top - _BOTTOM}" fill="#fff" stroke="#bbb"/>']
     body += _grid(ax, x_label, y_label)
     for s, ps in zip(series, pairs):
         if not ps:
@@ -174,7 +188,7 @@ def line_chart(series, title="", x_label="iteration", y_label="",
             if math.isfinite(x) and math.isfinite(y) and (y > 0 or not log_y):
                 body.append(f'<circle cx="{ax.px(x):.1f}" cy="{ax.py(y):.1f}" '
                             f'r="3.5" fill="{s.color}"/>')
-    body += _legend(series)
+    body += _legend(series, places)
     body.append("</svg>")
     return "\n".join(body)
 

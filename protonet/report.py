@@ -125,10 +125,15 @@ class TrainingReport:
             self.write()
 
     def _params(self):
+        """(name[k], blob) of every parameter the solver updates (lr_mult
+        > 0): BatchNorm's statistics and frozen layers are left out."""
         net = self.solver.net
+        trained = {id(b) for b, lr in zip(net.learnable_params, net.params_lr)
+                   if lr > 0}
         for name, blobs in net.params.items():
             for k, blob in enumerate(blobs):
-                yield f"{name}[{k}]", blob
+                if id(blob) in trained:
+                    yield f"{name}[{k}]", blob
 
     def _layer_statistics(self):
         iter_size = max(1, self.solver.param.iter_size)
@@ -206,32 +211,43 @@ class TrainingReport:
 
     # -- output ---------------------------------------------------------
     def flags(self):
-        """Human-readable warnings from the latest statistics."""
-        out = []
+        """Human-readable warnings from the latest statistics, one line per
+        kind of problem (naming the first few blobs or layers)."""
+        kinds = {}
+
+        def add(kind, name):
+            kinds.setdefault(kind, []).append(name)
+        it = None
         if self.layer_stats:
             it, stats = self.layer_stats[-1]
             for key, s in stats.items():
                 w, g, r = s["weight"], s["grad"], s.get("ratio", math.nan)
                 if not math.isfinite(g):
-                    out.append(f"{key}: gradient is not finite at iteration {it}")
+                    add("gradient is not finite", key)
                 elif w > 0 and g / w > GRAD_EXPLODING:
-                    out.append(f"{key}: exploding gradient (|g|/|w| = "
-                               f"{g / w:.3g}) at iteration {it}")
+                    add(f"exploding gradient (|grad|/|w| > {GRAD_EXPLODING:g})",
+                        key)
                 elif g == 0 and w > 0:
-                    out.append(f"{key}: vanishing gradient (exactly zero) "
-                               f"at iteration {it}")
+                    add("vanishing gradient (exactly zero)", key)
                 if math.isfinite(r) and r > RATIO_HIGH:
-                    out.append(f"{key}: update/weight ratio {r:.2g} is large "
-                               f"(about 1e-3 is healthy)")
+                    add(f"update/weight ratio above {RATIO_HIGH:g} (about "
+                        "1e-3 is healthy)", key)
                 elif math.isfinite(r) and 0 < r < RATIO_LOW:
-                    out.append(f"{key}: update/weight ratio {r:.2g} is tiny "
-                               f"(about 1e-3 is healthy)")
+                    low = self.lr and self.lr[-1][2] < self.lr[0][2]
+                    add(f"update/weight ratio below {RATIO_LOW:g}" +
+                        (" (expected after the learning rate dropped)" if low
+                         else " (about 1e-3 is healthy)"), key)
         if self.relu_zero:
             it, zeros = self.relu_zero[-1]
             for name, frac in zeros.items():
                 if frac >= DEAD_RELU_FRACTION:
-                    out.append(f"{name}: {frac:.0%} of the ReLU's outputs are "
-                               f"zero at iteration {it} (dead units?)")
+                    add(f"ReLU outputs >= {DEAD_RELU_FRACTION:.0%} zero (dead "
+                        "units?)", f"{name} ({frac:.0%})")
+        out = []
+        for kind, names in kinds.items():
+            shown = ", ".join(names[:4])
+            more = f" and {len(names) - 4} more" if len(names) > 4 else ""
+            out.append(f"{kind} at iteration {it}: {shown}{more}")
         return out
 
     def write(self, finished=False):

@@ -133,11 +133,38 @@ def test_report_flags_dead_relus_and_exploding_gradients(tmp_path):
                                "b[0]": {"weight": 1.0, "grad": 0.0,
                                         "ratio": 1e-9}})]
     report.relu_zero = [(5, {"relu1": 0.97})]
-    flags = "\n".join(report.flags())
-    assert "a[0]: exploding gradient" in flags
-    assert "a[0]: update/weight ratio 0.5 is large" in flags
-    assert "b[0]: vanishing gradient" in flags
-    assert "relu1: 97% of the ReLU's outputs are zero" in flags
+    report.lr = [(0, 0.0, 0.1)]
+    assert report.flags() == [
+        "exploding gradient (|grad|/|w| > 1000) at iteration 5: a[0]",
+        "update/weight ratio above 0.1 (about 1e-3 is healthy) at "
+        "iteration 5: a[0]",
+        "vanishing gradient (exactly zero) at iteration 5: b[0]",
+        "update/weight ratio below 1e-06 (about 1e-3 is healthy) at "
+        "iteration 5: b[0]",
+        "ReLU outputs >= 90% zero (dead units?) at iteration 5: relu1 (97%)"]
+    # Many blobs with one problem make one line; tiny updates after the
+    # rate dropped are expected, and said so.
+    report.layer_stats = [(9, {f"c{i}[0]": {"weight": 1.0, "grad": 1e-3,
+                                            "ratio": 1e-8} for i in range(6)})]
+    report.relu_zero = []
+    report.lr = [(0, 0.0, 0.1), (5, 0.1, 0.01)]
+    assert report.flags() == [
+        "update/weight ratio below 1e-06 (expected after the learning rate "
+        "dropped) at iteration 9: c0[0], c1[0], c2[0], c3[0] and 2 more"]
+
+
+def test_report_leaves_out_frozen_parameters(tmp_path):
+    """BatchNorm's statistics (lr_mult 0) are not trained: no gradient
+    statistics, no 'vanishing gradient' flag for them."""
+    bn = ('layer { name: "bn1" type: "BatchNorm" bottom: "conv1" '
+          'top: "conv1" param { lr_mult: 0 } param { lr_mult: 0 } '
+          'param { lr_mult: 0 } }\n')
+    net = NET.replace('layer { name: "relu1"', bn + 'layer { name: "relu1"')
+    solver = protonet.get_solver(SOLVER.replace(NET, net))
+    report = solver.add_report(tmp_path)
+    solver.step(1)
+    assert set(report.layer_stats[-1][1]) == {"conv1[0]", "conv1[1]",
+                                              "ip[0]", "ip[1]"}
 
 
 def test_report_directory_errors(tmp_path):
