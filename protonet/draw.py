@@ -206,7 +206,9 @@ def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None,
                      display_lrm=False):
     """Draw the net into `filename`; the format comes from its extension
     (.dot / .gv need no dependency)."""
+    from .outpath import check_output_file, writing
+    check_output_file(filename, "drawing")
     ext = os.path.splitext(str(filename))[1].lstrip(".") or "png"
     data = draw_net(caffe_net, rankdir, ext, phase, display_lrm)
-    with open(filename, "wb") as f:
+    with writing(filename, "drawing"), open(filename, "wb") as f:
         f.write(data)
