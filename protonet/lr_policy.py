@@ -72,12 +72,12 @@ def check_policy(param, path=None):
             step = max(step - 1, 0)
         rate = learning_rate(param, it, step, where)[0]
         if rate < 0:
-            raise SolverError(f"{where}: {_describe(param)}: the learning "
+            raise SolverError(f"{where}: {describe_policy(param)}: the learning "
                               f"rate at iteration {it} would be {rate:g}; "
                               "it must be >= 0")
 
 
-def _describe(param):
+def describe_policy(param):
     """The fields the policy reads, for messages."""
     policy = param.lr_policy
     fields = [f"lr_policy '{policy}'", f"base_lr {param.base_lr:.7g}"]
@@ -113,7 +113,7 @@ def learning_rate(param, it, current_step=0, where="<solver>"):
     """
     if param.lr_policy == "poly" and it > param.max_iter:
         raise SolverError(
-            f"{where}: {_describe(param)}: lr_policy 'poly' is undefined past "
+            f"{where}: {describe_policy(param)}: lr_policy 'poly' is undefined past "
             f"max_iter (iteration {it}); raise max_iter to train longer")
     try:
         rate, current_step = _rate(param, it, current_step)
@@ -123,7 +123,7 @@ def learning_rate(param, it, current_step=0, where="<solver>"):
         rate32 = _f32(rate)
     if not np.isfinite(rate32):
         raise SolverError(
-            f"{where}: {_describe(param)}: the learning rate at iteration "
+            f"{where}: {describe_policy(param)}: the learning rate at iteration "
             f"{it} is not a finite float ({rate:g}); check gamma and power "
             "against max_iter")
     return rate32, current_step

@@ -98,6 +98,8 @@ def check_step(net, iteration, loss, hyper="", last_snapshot=None):
     at = (f"; first seen in layer '{where[0]}' ({where[1]})" if where
           else "")
     what = "loss" if not np.isfinite(loss) else "a gradient"
+    used = f"; the last update used {hyper}" if hyper else ""
     raise NumericalError(
-        f"iteration {iteration}: {what} is NaN or Inf (loss {loss}){at}; "
-        f"training stopped before the update, {_kept(last_snapshot)}")
+        f"iteration {iteration}: {what} is NaN or Inf (loss {loss}){at}"
+        f"{used}; training stopped before the update, "
+        f"{_kept(last_snapshot)}")

@@ -30,7 +30,7 @@ from .. import io as _io
 from .. import parallel
 from .. import rng as _rng
 from ..errors import NumericalError, SolverError
-from ..lr_policy import learning_rate
+from ..lr_policy import describe_policy, learning_rate
 from ..numerics import check_step, check_weights
 from ..net import TEST, TRAIN, Net
 from ..proto import caffe_pb2
@@ -437,9 +437,8 @@ class Solver:
         """The values the update multiplies by, for NumericalError messages."""
         p = self.param
         rate = getattr(self, "last_rate", None)
-        text = (f"rate {rate:.7g} (base_lr {p.base_lr:.7g}, lr_policy "
-                f"'{p.lr_policy}')" if rate is not None
-                else f"base_lr {p.base_lr:.7g}")
+        text = (f"rate {rate:.7g} ({describe_policy(p)})" if rate is not None
+                else describe_policy(p))
         text += f", weight_decay {p.weight_decay:.7g}"
         if p.type in ("SGD", "Nesterov", "AdaDelta", "Adam"):
             text += f", momentum {p.momentum:.7g}"
