@@ -253,12 +253,14 @@ def test_full_disk_leaves_no_half_snapshot(tmp_path, monkeypatch):
             "snap_iter_2.solverstate.protonet.json"} <= set(left)
 
 
-def test_state_file_published_last(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fmt,ext", [("BINARYPROTO", ""), ("HDF5", ".h5")])
+def test_state_file_published_last(tmp_path, monkeypatch, fmt, ext):
     """At every step of a snapshot write, a solverstate on disk has its
     weights and sidecar; an older solverstate of the same iteration is gone
     before its companions are replaced."""
-    path = write(tmp_path, 'snapshot_prefix: "snap"\n')
-    (tmp_path / "snap_iter_0.solverstate").write_bytes(b"old run")
+    path = write(tmp_path, f'snapshot_prefix: "snap"\nsnapshot_format: {fmt}\n')
+    model, state = f"snap_iter_0.caffemodel{ext}", f"snap_iter_0.solverstate{ext}"
+    (tmp_path / state).write_bytes(b"old run")
     seen = []
 
     def step():
@@ -266,12 +268,8 @@ def test_state_file_published_last(tmp_path, monkeypatch):
                            if p.startswith("snap_iter_0")))
     monkeypatch.setattr(snap, "_step", step)
     protonet.get_solver(path).snapshot()
-    assert seen == [
-        [],
-        ["snap_iter_0.caffemodel"],
-        ["snap_iter_0.caffemodel", "snap_iter_0.solverstate.protonet.json"],
-        ["snap_iter_0.caffemodel", "snap_iter_0.solverstate",
-         "snap_iter_0.solverstate.protonet.json"]]
+    side = state + ".protonet.json"
+    assert seen == [[], [model], [model, side], sorted([model, state, side])]
 
 
 def test_second_trainer_on_one_prefix_fails_at_start(tmp_path, capsys):
