@@ -30,12 +30,13 @@ from .. import io as _io
 from .. import parallel
 from .. import rng as _rng
 from ..errors import NumericalError, SolverError
-from ..lr_policy import describe_policy, learning_rate
+from ..lr_policy import learning_rate
 from ..numerics import check_step, check_weights
 from ..net import TEST, TRAIN, Net
 from ..proto import caffe_pb2
 from . import snapshot as _snap
-from .check import MANY_SNAPSHOTS, check_solver_param, snapshot_count
+from .check import (MANY_SNAPSHOTS, check_solver_param, describe_update,
+                    snapshot_count)
 from .snapshot import SIDECAR_SUFFIX
 
 f32 = np.float32
@@ -435,16 +436,7 @@ class Solver:
 
     def _hyper(self):
         """The values the update multiplies by, for NumericalError messages."""
-        p = self.param
-        rate = getattr(self, "last_rate", None)
-        text = (f"rate {rate:.7g} ({describe_policy(p)})" if rate is not None
-                else describe_policy(p))
-        text += f", weight_decay {p.weight_decay:.7g}"
-        if p.type in ("SGD", "Nesterov", "AdaDelta", "Adam"):
-            text += f", momentum {p.momentum:.7g}"
-        if p.clip_gradients >= 0:
-            text += f", clip_gradients {p.clip_gradients:.7g}"
-        return text
+        return describe_update(self.param, getattr(self, "last_rate", None))
 
     def update_params(self, rate):
         """Normalize, regularize, compute the update value into each
@@ -523,34 +515,12 @@ class Solver:
             caffelog.info(f"Snapshotting to binary proto file {model}",
                           "solver.cpp:454")
         _snap.write_set(model, state_file,
-                        lambda: self._write_model(model, hdf5),
+                        lambda: _snap.write_model(self, model, hdf5),
                         lambda: self._write_sidecar(state_file),
-                        lambda: self._write_state(state_file, model, hdf5))
+                        lambda: _snap.write_state(self, state_file, model,
+                                                  hdf5))
         self.last_snapshot = state_file
         return model, state_file
-
-    def _write_model(self, model, hdf5):
-        if hdf5:
-            from ..hdf5 import save_hdf5
-            save_hdf5(self.net, model, self.param.snapshot_diff)
-        else:
-            self.net.save(model, write_diff=self.param.snapshot_diff)
-
-    def _write_state(self, state_file, model, hdf5):
-        if hdf5:
-            caffelog.info(f"Snapshotting solver state to HDF5 file "
-                          f"{state_file}", "sgd_solver.cpp:292")
-            from ..hdf5 import write_solverstate
-            write_solverstate(state_file, self.iter, model, self.current_step,
-                              self.history)
-            return
-        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model,
-                                      current_step=self.current_step)
-        for h in self.history:
-            _io.array_to_blob(h, state.history.add())
-        caffelog.info(f"Snapshotting solver state to binary proto file "
-                      f"{state_file}", "sgd_solver.cpp:273")
-        _io.write_binary(state_file, state)
 
     def _data_states(self):
         nets = {"train": self.net}

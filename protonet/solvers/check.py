@@ -14,7 +14,7 @@ Every error names the solver file, the field and the value found.
 import math
 
 from ..errors import SolverError
-from ..lr_policy import check_policy
+from ..lr_policy import check_policy, describe_policy
 
 FLOAT_FIELDS = ("base_lr", "gamma", "power", "momentum", "weight_decay",
                 "clip_gradients", "delta", "momentum2", "rms_decay")
@@ -134,3 +134,16 @@ def snapshot_count(p):
     """How many snapshots a full run from iteration 0 writes."""
     n = p.max_iter // p.snapshot if p.snapshot else 0
     return n + (1 if p.snapshot_after_train else 0)
+
+
+def describe_update(p, rate=None):
+    """The values an update multiplies by (the rate of the last update when
+    known), for messages about non-finite weights."""
+    text = (f"rate {rate:.7g} ({describe_policy(p)})" if rate is not None
+            else describe_policy(p))
+    text += f", weight_decay {p.weight_decay:.7g}"
+    if p.type in ("SGD", "Nesterov", "AdaDelta", "Adam"):
+        text += f", momentum {p.momentum:.7g}"
+    if p.clip_gradients >= 0:
+        text += f", clip_gradients {p.clip_gradients:.7g}"
+    return text

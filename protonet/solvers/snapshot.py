@@ -26,8 +26,10 @@ import os
 import signal
 
 from .. import caffelog
+from .. import io as _io
 from ..errors import OutputError, SolverError
 from ..outpath import folder_problem, output_error, probe_folder
+from ..proto import caffe_pb2
 
 try:
     import fcntl
@@ -211,3 +213,31 @@ def warn_no_sidecar(state_file):
         "restored, so the resumed run will not repeat an uninterrupted one "
         "bit for bit (expected for a solverstate written by Caffe)",
         "solver.cpp:294")
+
+
+def write_model(solver, model, hdf5):
+    """The weights of `solver.net`, atomically (Caffe's Net::ToProto/ToHDF5)."""
+    if hdf5:
+        from ..hdf5 import save_hdf5
+        save_hdf5(solver.net, model, solver.param.snapshot_diff)
+    else:
+        solver.net.save(model, write_diff=solver.param.snapshot_diff)
+
+
+def write_state(solver, state_file, model, hdf5):
+    """The solverstate (iter, learned_net, current_step, history), atomically
+    (Caffe's SGDSolver::SnapshotSolverState*)."""
+    if hdf5:
+        caffelog.info(f"Snapshotting solver state to HDF5 file {state_file}",
+                      "sgd_solver.cpp:292")
+        from ..hdf5 import write_solverstate
+        write_solverstate(state_file, solver.iter, model,
+                          solver.current_step, solver.history)
+        return
+    state = caffe_pb2.SolverState(iter=solver.iter, learned_net=model,
+                                  current_step=solver.current_step)
+    for h in solver.history:
+        _io.array_to_blob(h, state.history.add())
+    caffelog.info(f"Snapshotting solver state to binary proto file "
+                  f"{state_file}", "sgd_solver.cpp:273")
+    _io.write_binary(state_file, state)
