@@ -84,3 +84,21 @@ def folder_problem(folder):
     if up != folder and os.path.isdir(up):
         return f"the folder '{folder}' does not exist"
     return f"'{up}' is a file, not a folder"
+
+
+def check_output_folder(path, what="output folder"):
+    """Raise OutputError unless the folder `path` (a database, a data set
+    folder) can be created or written: the nearest existing ancestor must
+    be a writable folder.  Returns `path`."""
+    path = os.fspath(path)
+    if not path:
+        raise OutputError(f"{what}: empty path")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutputError(f"{what} '{path}' exists and is not a folder")
+    up = os.path.abspath(path)
+    while not os.path.exists(up) and os.path.dirname(up) != up:
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        raise OutputError(f"{what} '{path}': '{up}' is a file, not a folder")
+    probe_folder(up, what, path)
+    return path

@@ -393,3 +393,19 @@ def test_upgrade_full_disk_names_the_path(tmp_path, capsys, monkeypatch):
     assert cli.main(["upgrade", "net.prototxt", "new.prototxt"]) == 1
     err = capsys.readouterr().err
     assert "new.prototxt" in err and "disk is full" in err
+
+
+def test_convert_imageset_db_under_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "list.txt").write_text("a.png 0\n")
+    assert cli.main(["convert-imageset", str(tmp_path), "list.txt",
+                     "afile/db"]) == 1
+    err = capsys.readouterr().err
+    assert "afile/db" in err and "is a file, not a folder" in err
+
+
+def test_dataset_out_under_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert cli.main(["dataset", "digits", "--out", "afile/digits"]) == 1
+    err = capsys.readouterr().err
+    assert "afile/digits" in err and "is a file, not a folder" in err

@@ -576,6 +576,7 @@ class Solver:
                 learned = alt
             self.net.copy_from(learned)
         self.iter, self.current_step = int(it), int(step)
+        self.last_snapshot = state_file     # on disk and known good
         side = state_file + SIDECAR_SUFFIX
         if os.path.exists(side):
             try:

@@ -127,6 +127,8 @@ def run(args):
               file=sys.stderr)
         return 2
     try:
+        from ..outpath import check_output_folder
+        check_output_folder(args.out, "--out")
         paths = write_digits(args.out, args.size, args.resize, formats,
                              args.force, args.split)
     except ProtonetError as e:
