@@ -316,12 +316,13 @@ def test_absurd_resumed_iteration_refused(tmp_path, it, words):
 
 
 def test_sidecar_of_another_snapshot_refused(tmp_path):
-    state = _state(tmp_path, 0)
+    state = _state(tmp_path, 2)
     (tmp_path / "x.solverstate.protonet.json").write_text(json.dumps(
         {"format": 1, "iter": 3, "rng": None, "data": {}}))
     s = protonet.get_solver(str(tmp_path / "solver.prototxt"))
-    with pytest.raises(SolverError, match=r"iter 3 does not match"):
+    with pytest.raises(SolverError, match=r"iter 3 does not match.* iter 2"):
         s.restore(state)
+    assert s.iter == 0                  # refused before anything changed
 
 
 def test_missing_sidecar_warns(tmp_path):

@@ -262,8 +262,7 @@ class Solver:
             loss /= f32(p.iter_size)
             if self.dp is not None:     # gradients and loss: mean over ranks
                 loss = self.dp.reduce_gradients(self, loss)
-            # NaN/Inf: NumericalError
-            check_step(self.net, self.iter, loss, self._hyper(),
+            check_step(self.net, self.iter, loss, self._hyper(),  # NaN/Inf
                        self.last_snapshot)
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
@@ -556,6 +555,8 @@ class Solver:
             learned = st.learned_net if st.HasField("learned_net") else None
         _snap.check_resumed_state(state_file, int(it), int(step),
                                   self.param.max_iter)
+        # Read and check the sidecar before anything is changed.
+        data = _snap.read_sidecar(state_file + SIDECAR_SUFFIX, int(it))
         if len(history) != len(self.history):
             raise SolverError(f"{state_file}: holds {len(history)} history "
                               f"blob(s) but this {self.type_name} solver keeps "
@@ -577,14 +578,7 @@ class Solver:
             self.net.copy_from(learned)
         self.iter, self.current_step = int(it), int(step)
         self.last_snapshot = state_file     # on disk and known good
-        side = state_file + SIDECAR_SUFFIX
-        if os.path.exists(side):
-            try:
-                with open(side) as f:
-                    data = json.load(f)
-            except (OSError, ValueError) as e:
-                raise SolverError(f"{side}: unreadable: {e}") from None
-            _snap.check_sidecar_iter(side, data, self.iter)
+        if data is not None:
             _rng.set_state(data["rng"])
             nets = {"train": self.net}
             nets.update({f"test_{i}": n for i, n in enumerate(self.test_nets)})

@@ -22,6 +22,7 @@ prefix.
 """
 
 import errno
+import json
 import os
 import signal
 
@@ -196,6 +197,20 @@ def check_resumed_state(state_file, it, step, max_iter):
     if step < 0:
         raise SolverError(f"{state_file}: current_step: must be >= 0, got "
                           f"{step}")
+
+
+def read_sidecar(side, it):
+    """The sidecar's JSON (None when there is none), checked to belong to
+    the solverstate of iteration `it`."""
+    if not os.path.exists(side):
+        return None
+    try:
+        with open(side) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SolverError(f"{side}: unreadable: {e}") from None
+    check_sidecar_iter(side, data, it)
+    return data
 
 
 def check_sidecar_iter(side, data, it):
