@@ -410,3 +410,10 @@ def test_dataset_out_under_a_file(tmp_path, capsys):
     assert cli.main(["dataset", "digits", "--out", "afile/digits"]) == 1
     err = capsys.readouterr().err
     assert "afile/digits" in err and "is a file, not a folder" in err
+
+
+def test_net_save_to_missing_folder_names_the_path(tmp_path):
+    """pycaffe's net.save (and every atomic write) names the path."""
+    s = protonet.get_solver(write(tmp_path))
+    with pytest.raises(OutputError, match=r"'nope/w.caffemodel'.*No such"):
+        s.net.save("nope/w.caffemodel")

@@ -163,15 +163,16 @@ def write_set(model, state_file, write_model, write_sidecar, write_state):
         current = state_file
         write_state()
         _step()
-    except OSError as e:
+    except (OSError, OutputError) as e:
         for path in (model, side):
             try:
                 _remove(path)
             except OSError:
                 pass
-        raise OutputError(
-            f"{output_error(e, current, 'snapshot file')}; snapshot not "
-            "written (earlier snapshots are untouched)") from None
+        why = output_error(e, current, "snapshot file") \
+            if isinstance(e, OSError) else e
+        raise OutputError(f"{why}; snapshot not written (earlier snapshots "
+                          "are untouched)") from None
 
 
 def _sync_folder(path):
