@@ -372,7 +372,10 @@ def cmd_upgrade(a):
     if fn is None:
         raise ProtonetError(f"protonet.upgrade.{kind} is not available in "
                             "this version")
-    fn(src, dst)
+    from .outpath import check_output_file, writing
+    check_output_file(dst, "upgrade OUTPUT")
+    with writing(dst, "upgrade OUTPUT"):
+        fn(src, dst)
     caffelog.info(f"Wrote upgraded file to {dst}", "upgrade_net_proto_text.cpp:49")
     return 0
 

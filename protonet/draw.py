@@ -300,6 +300,8 @@ def draw_net_to_file(caffe_net, filename, rankdir="LR", phase=None,
     filename = str(filename)
     ext = filename[filename.rfind(".") + 1:] if "." in \
         os.path.basename(filename) else "png"
+    from .outpath import check_output_file, writing
+    check_output_file(filename, "drawing")
     data = draw_net(caffe_net, rankdir, ext, phase, display_lrm)
-    with open(filename, "wb") as f:
+    with writing(filename, "drawing"), open(filename, "wb") as f:
         f.write(data)

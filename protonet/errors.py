@@ -67,6 +67,11 @@ class SolverError(ProtonetError):
     """A solver definition or solver state is invalid."""
 
 
+class OutputError(ProtonetError):
+    """A file cannot be written where asked (missing or read-only folder, a
+    directory given as the file, a full disk); the message names the path."""
+
+
 class DataError(ProtonetError):
     """A data source (database, list file, image, HDF5 file) is unusable."""
 

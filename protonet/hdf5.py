@@ -39,8 +39,9 @@ def require_h5py(what="HDF5 files"):
 def _atomic_h5(path, fill):
     """Create the HDF5 file `path` atomically (protonet.io.atomic_output),
     calling `fill(h5file)` to write its contents."""
+    from .outpath import writing
     h5py = require_h5py()
-    with atomic_output(path) as tmp:
+    with writing(path), atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             fill(f)
 

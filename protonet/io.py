@@ -183,8 +183,10 @@ def atomic_output(path):
 
 def atomic_write(path, data):
     """Write `data` (bytes) to `path` atomically and durably (see
-    `atomic_output`)."""
-    with atomic_output(path) as tmp:
+    `atomic_output`).  An OS error (missing folder, full disk, ...) raises
+    OutputError naming `path`."""
+    from .outpath import writing
+    with writing(path), atomic_output(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
 

@@ -36,7 +36,13 @@ _f32 = np.float32
 
 
 def check_policy(param, path=None):
-    """Raise SolverError for an unknown policy or missing/invalid fields."""
+    """Raise SolverError for an unknown policy, missing/invalid fields, or a
+    rate that is not a finite number >= 0 somewhere in the run.
+
+    The policies are monotonic in the iteration (sigmoid is bounded by
+    base_lr), so the rates at the first and last iterations of the run (and
+    multistep's after its last stepvalue) bound every rate in between.
+    """
     where = path or "<solver>"
     policy = param.lr_policy
     if not param.HasField("lr_policy"):
@@ -48,14 +54,33 @@ def check_policy(param, path=None):
     if policy == "step" and param.stepsize <= 0:
         raise SolverError(f"{where}: stepsize: lr_policy 'step' needs "
                           f"stepsize > 0, got {param.stepsize}")
-    if policy == "step" and param.gamma < 0:
-        raise SolverError(f"{where}: gamma: lr_policy 'step' needs gamma >= 0, "
-                          f"got {param.gamma}")
+    if policy in ("step", "exp", "multistep") and param.gamma < 0:
+        raise SolverError(f"{where}: gamma: lr_policy '{policy}' needs "
+                          f"gamma >= 0, got {param.gamma:.7g}")
     if policy == "plateau":
         _check_plateau(param, where)
+        return      # its rate only falls from base_lr: nothing to evaluate
     if policy == "poly" and param.max_iter <= 0:
         raise SolverError(f"{where}: max_iter: lr_policy 'poly' needs "
                           f"max_iter > 0, got {param.max_iter}")
+    if policy == "multistep":
+        values = list(param.stepvalue)
+        for a, b in zip(values, values[1:]):
+            if b <= a:
+                raise SolverError(
+                    f"{where}: stepvalue: lr_policy 'multistep' needs "
+                    f"strictly increasing stepvalues, got {values}")
+    last = max(param.max_iter - 1, 0)
+    steps = len(param.stepvalue) if policy == "multistep" else 0
+    for it, step in ((0, 0), (last, steps)):
+        if policy == "multistep":    # the rate after `step` stepvalues
+            it = param.stepvalue[step - 1] if step else 0
+            step = max(step - 1, 0)
+        rate = learning_rate(param, it, step, where)[0]
+        if rate < 0:
+            raise SolverError(f"{where}: {describe_policy(param)}: the learning "
+                              f"rate at iteration {it} would be {rate:g}; "
+                              "it must be >= 0")
 
 
 def _check_plateau(param, where):
@@ -156,7 +181,23 @@ class Plateau:
         self.cooldown_left, self.reductions = left, reductions
 
 
-def learning_rate(param, it, current_step=0, plateau=None):
+def describe_policy(param):
+    """The fields the policy reads, for messages."""
+    policy = param.lr_policy
+    fields = [f"lr_policy '{policy}'", f"base_lr {param.base_lr:.7g}"]
+    if policy in ("step", "exp", "inv", "multistep", "sigmoid", "plateau"):
+        fields.append(f"gamma {param.gamma:.7g}")
+    if policy in ("inv", "poly"):
+        fields.append(f"power {param.power:.7g}")
+    if policy in ("step", "sigmoid"):
+        fields.append(f"stepsize {param.stepsize}")
+    if policy == "poly":
+        fields.append(f"max_iter {param.max_iter}")
+    return ", ".join(fields)
+
+
+def learning_rate(param, it, current_step=0, where="<solver>",
+                  plateau=None):
     """The rate used for iteration `it`.
 
     Args:
@@ -164,11 +205,38 @@ def learning_rate(param, it, current_step=0, plateau=None):
         it: the iteration (number of updates already done).
         current_step: Caffe's `current_step_` (used and advanced by the
             'multistep' policy, recomputed by 'step').
+        where: the solver file, for messages.
         plateau: the solver's `Plateau` (policy 'plateau' only).
 
     Returns:
         (rate as np.float32, the new current_step).
+
+    Raises:
+        SolverError: the rate is not a finite float32 (exp with a large
+            gamma, inv with 1 + gamma * it <= 0) or the policy is undefined
+            at `it` (poly past max_iter, where Caffe computes the power of a
+            negative number: NaN, or a rate that grows again).
     """
+    if param.lr_policy == "poly" and it > param.max_iter:
+        raise SolverError(
+            f"{where}: {describe_policy(param)}: lr_policy 'poly' is undefined past "
+            f"max_iter (iteration {it}); raise max_iter to train longer")
+    try:
+        rate, current_step = _rate(param, it, current_step)
+    except (OverflowError, ValueError, ZeroDivisionError):
+        rate = math.nan
+    with np.errstate(over="ignore"):
+        rate32 = _f32(rate)
+    if not np.isfinite(rate32):
+        raise SolverError(
+            f"{where}: {describe_policy(param)}: the learning rate at iteration "
+            f"{it} is not a finite float ({rate:g}); check gamma and power "
+            "against max_iter")
+    return rate32, current_step
+
+
+def _rate(param, it, current_step):
+    """The rate in double, and the new current_step."""
     policy = param.lr_policy
     # The fields are float in the proto; the formula is evaluated in double
     # from those float values and rounded to float once at the end.
@@ -205,4 +273,4 @@ def learning_rate(param, it, current_step=0, plateau=None):
     else:
         raise SolverError(f"lr_policy: unknown learning rate policy "
                           f"'{policy}' (known: {', '.join(POLICIES)})")
-    return _f32(rate), current_step
+    return rate, current_step

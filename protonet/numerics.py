@@ -4,8 +4,11 @@
 one whose top data holds a NaN or Inf (where the fault appeared going
 forward); failing that, the last layer in forward order -- the first going
 backward -- whose parameter diffs or bottom diffs hold one.  The solver calls
-`check_step` after each forward/backward, before the update, so a bad step
-never reaches the weights and the last snapshot on disk stays valid.
+`check_step` after each forward/backward, before the update, so a bad
+gradient never reaches the weights.  The update itself can still overflow
+(a huge rate or weight decay): `check_weights` runs before every snapshot,
+so no snapshot ever holds a NaN or Inf, and `check_step` blames the weights
+and the hyper-parameters when they are what went bad.
 """
 
 import numpy as np
@@ -51,17 +54,52 @@ def first_nonfinite(net):
     return None
 
 
-def check_step(net, iteration, loss):
+def _kept(last_snapshot):
+    if last_snapshot:
+        return f"the last snapshot on disk ({last_snapshot}) is kept"
+    return "no snapshot was written by this run"
+
+
+def first_nonfinite_weight(net):
+    """(layer name, blob index) of the first parameter blob holding a NaN or
+    Inf, in layer order, or None."""
+    for name, layer in zip(net.layer_names, net.layers):
+        for k, blob in enumerate(layer.blobs):
+            if _bad(blob.data):
+                return name, k
+    return None
+
+
+def check_weights(net, iteration, hyper="", last_snapshot=None,
+                  doing="snapshot not written"):
+    """Raise NumericalError when a parameter blob holds NaN / Inf, naming
+    the layer, the blob index and `hyper` (the solver's rate, decay, ...
+    that produced the update)."""
+    if all_finite([b.data for layer in net.layers for b in layer.blobs]):
+        return
+    name, k = first_nonfinite_weight(net)
+    cause = f"; the update used {hyper}" if hyper else ""
+    raise NumericalError(
+        f"iteration {iteration}: the weights are NaN or Inf: layer "
+        f"'{name}' parameter blob {k}{cause} (too large a learning rate or "
+        f"weight_decay?); {doing}, {_kept(last_snapshot)}")
+
+
+def check_step(net, iteration, loss, hyper="", last_snapshot=None):
     """Raise NumericalError when the loss or any parameter gradient is NaN /
-    Inf, naming the iteration and the first layer where it appeared."""
+    Inf, naming the iteration and the first layer where it appeared (or the
+    parameter blob, when the weights themselves went bad)."""
     if np.isfinite(loss) and all_finite([b.diff for b in net.learnable_params
                                          if b.has_diff]):
         return
+    check_weights(net, iteration, hyper, last_snapshot,
+                  "training stopped before the update")
     where = first_nonfinite(net)
     at = (f"; first seen in layer '{where[0]}' ({where[1]})" if where
           else "")
     what = "loss" if not np.isfinite(loss) else "a gradient"
+    used = f"; the last update used {hyper}" if hyper else ""
     raise NumericalError(
-        f"iteration {iteration}: {what} is NaN or Inf (loss {loss}){at}; "
-        "training stopped before the update, the last snapshot on disk is "
-        "kept")
+        f"iteration {iteration}: {what} is NaN or Inf (loss {loss}){at}"
+        f"{used}; training stopped before the update, "
+        f"{_kept(last_snapshot)}")

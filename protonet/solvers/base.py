@@ -30,13 +30,16 @@ from .. import io as _io
 from .. import parallel
 from .. import rng as _rng
 from ..errors import NumericalError, SolverError
-from ..lr_policy import Plateau, check_policy, learning_rate
-from ..numerics import check_step
+from ..lr_policy import Plateau, learning_rate
+from ..numerics import check_step, check_weights
 from ..net import TEST, TRAIN, Net
 from ..proto import caffe_pb2
+from . import snapshot as _snap
+from .check import (MANY_SNAPSHOTS, check_solver_param, describe_update,
+                    snapshot_count)
+from .snapshot import SIDECAR_SUFFIX
 
 f32 = np.float32
-SIDECAR_SUFFIX = ".protonet.json"
 
 
 def load_solver_param(solver, path=None):
@@ -85,6 +88,7 @@ class Solver:
         self.param, self.path = load_solver_param(solver, path)
         self.where = self.path or "<solver>"
         self.action_request = action_request
+        self.last_snapshot = None   # the newest state file this run wrote
         self._check_param()
         # Under `mpirun -n N` (N > 1): data-parallel training; else None.
         self.dp = parallel.data_parallel(self)
@@ -121,23 +125,14 @@ class Solver:
     # -- construction -----------------------------------------------------
     def _check_param(self):
         p = self.param
-        check_policy(p, self.where)
-        if p.regularization_type not in ("L1", "L2"):
-            raise SolverError(f"{self.where}: regularization_type: unknown "
-                              f"regularization type '{p.regularization_type}' "
-                              "(known: L1, L2)")
-        if p.iter_size < 1:
-            raise SolverError(f"{self.where}: iter_size must be >= 1, got "
-                              f"{p.iter_size}")
-        if p.average_loss < 1:
-            raise SolverError(f"{self.where}: average_loss must be >= 1, got "
-                              f"{p.average_loss}")
-        if p.max_iter < 0:
-            raise SolverError(f"{self.where}: max_iter must be >= 0, got "
-                              f"{p.max_iter}")
-        if p.snapshot < 0 or p.display < 0 or p.test_interval < 0:
-            raise SolverError(f"{self.where}: snapshot, display and "
-                              "test_interval must be >= 0")
+        check_solver_param(p, self.where, self.type_name)
+        if snapshot_count(p) > MANY_SNAPSHOTS:
+            caffelog.warning(f"{self.where}: max_iter {p.max_iter} with "
+                             f"snapshot {p.snapshot} writes "
+                             f"{snapshot_count(p)} snapshots", "solver.cpp:60")
+        # NOTE(caffe): Solver::Init probes the prefix when snapshot != 0.
+        if p.snapshot and parallel.is_root():
+            _snap.probe_destination(p.snapshot_prefix, self.where)
 
     def _net_file(self, name, field):
         """Resolve a net file path (relative to the working directory as in
@@ -270,7 +265,8 @@ class Solver:
             loss /= f32(p.iter_size)
             if self.dp is not None:     # gradients and loss: mean over ranks
                 loss = self.dp.reduce_gradients(self, loss)
-            check_step(self.net, self.iter, loss)   # NaN/Inf: NumericalError
+            check_step(self.net, self.iter, loss, self._hyper(),  # NaN/Inf
+                       self.last_snapshot)
             self.last_loss = float(loss)
             self._update_smoothed_loss(loss, start_iter, p.average_loss)
             if display:
@@ -296,6 +292,18 @@ class Solver:
         caffelog.info(f"Solving {self.net.name}", "solver.cpp:287")
         caffelog.info(f"Learning Rate Policy: {p.lr_policy}", "solver.cpp:288")
         self.requested_early_exit = False
+        lock = None
+        if parallel.is_root() and (p.snapshot or p.snapshot_after_train):
+            _snap.probe_destination(p.snapshot_prefix, self.where)
+            lock = _snap.PrefixLock(p.snapshot_prefix, self.where).acquire()
+        try:
+            self._solve(resume_file)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _solve(self, resume_file):
+        p = self.param
         if resume_file:
             caffelog.info(f"Restoring previous solver status from "
                           f"{resume_file}", "solver.cpp:294")
@@ -450,13 +458,18 @@ class Solver:
     def apply_update(self):
         """Caffe's SGDSolver::ApplyUpdate."""
         rate, self.current_step = learning_rate(self.param, self.iter,
-                                                self.current_step, self.plateau)
+                                                self.current_step, self.where,
+                                                plateau=self.plateau)
         if self.param.display and self.iter % self.param.display == 0:
             caffelog.info(f"Iteration {self.iter}, lr = "
                           f"{caffelog.format_number(rate)}", "sgd_solver.cpp:106")
         self.last_rate = rate
         self.clip_gradients()
         self.update_params(rate)
+
+    def _hyper(self):
+        """The values the update multiplies by, for NumericalError messages."""
+        return describe_update(self.param, getattr(self, "last_rate", None))
 
     def update_params(self, rate):
         """Normalize, regularize, compute the update value into each
@@ -509,39 +522,37 @@ class Solver:
         return f"{self.param.snapshot_prefix}_iter_{self.iter}{extension}"
 
     def snapshot(self):
-        """Write the weights and the solver state (plus protonet's sidecar);
-        returns (model file, state file); None on ranks other than 0."""
+        """Write the weights, protonet's sidecar and the solver state, in
+        that order, as one unit (see protonet/solvers/snapshot.py); returns
+        (model file, state file); None on ranks other than 0.
+
+        Raises:
+            NumericalError: a parameter blob holds NaN or Inf (nothing is
+                written).
+            OutputError: an OS error (full disk, read-only folder) named
+                with the file.
+        """
         if not parallel.is_root():
             return None
+        check_weights(self.net, self.iter, self._hyper(), self.last_snapshot)
         hdf5 = self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5
+        ext = ".h5" if hdf5 else ""
+        model = self.snapshot_filename(".caffemodel" + ext)
+        state_file = self.snapshot_filename(".solverstate" + ext)
         folder = os.path.dirname(self.param.snapshot_prefix)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
+        if folder and not os.path.isdir(folder):
+            _snap.probe_destination(self.param.snapshot_prefix, self.where)
         if hdf5:
-            model = self.snapshot_filename(".caffemodel.h5")
             caffelog.info(f"Snapshotting to HDF5 file {model}", "solver.cpp:464")
-            from ..hdf5 import save_hdf5
-            save_hdf5(self.net, model, self.param.snapshot_diff)
-            state_file = self.snapshot_filename(".solverstate.h5")
-            caffelog.info(f"Snapshotting solver state to HDF5 file "
-                          f"{state_file}", "sgd_solver.cpp:292")
-            from ..hdf5 import write_solverstate
-            write_solverstate(state_file, self.iter, model, self.current_step,
-                              self.history)
         else:
-            model = self.snapshot_filename(".caffemodel")
             caffelog.info(f"Snapshotting to binary proto file {model}",
                           "solver.cpp:454")
-            self.net.save(model, write_diff=self.param.snapshot_diff)
-            state = caffe_pb2.SolverState(iter=self.iter, learned_net=model,
-                                          current_step=self.current_step)
-            for h in self.history:
-                _io.array_to_blob(h, state.history.add())
-            state_file = self.snapshot_filename(".solverstate")
-            caffelog.info(f"Snapshotting solver state to binary proto file "
-                          f"{state_file}", "sgd_solver.cpp:273")
-            _io.write_binary(state_file, state)
-        self._write_sidecar(state_file)
+        _snap.write_set(model, state_file,
+                        lambda: _snap.write_model(self, model, hdf5),
+                        lambda: self._write_sidecar(state_file),
+                        lambda: _snap.write_state(self, state_file, model,
+                                                  hdf5))
+        self.last_snapshot = state_file
         return model, state_file
 
     def _data_states(self):
@@ -578,6 +589,10 @@ class Solver:
                        for i, b in enumerate(st.history)]
             it, step = st.iter, st.current_step
             learned = st.learned_net if st.HasField("learned_net") else None
+        _snap.check_resumed_state(state_file, int(it), int(step),
+                                  self.param.max_iter)
+        # Read and check the sidecar before anything is changed.
+        data = _snap.read_sidecar(state_file + SIDECAR_SUFFIX, int(it))
         if len(history) != len(self.history):
             raise SolverError(f"{state_file}: holds {len(history)} history "
                               f"blob(s) but this {self.type_name} solver keeps "
@@ -598,16 +613,12 @@ class Solver:
                 learned = alt
             self.net.copy_from(learned)
         self.iter, self.current_step = int(it), int(step)
-        side = state_file + SIDECAR_SUFFIX
-        if os.path.exists(side):
-            try:
-                with open(side) as f:
-                    data = json.load(f)
-            except (OSError, ValueError) as e:
-                raise SolverError(f"{side}: unreadable: {e}") from None
+        self.last_snapshot = state_file     # on disk and known good
+        if data is not None:
             _rng.set_state(data["rng"])
             if self.plateau is not None and "plateau" in data:
-                self.plateau.set_state(data["plateau"], side)
+                self.plateau.set_state(data["plateau"],
+                                       state_file + SIDECAR_SUFFIX)
             nets = {"train": self.net}
             nets.update({f"test_{i}": n for i, n in enumerate(self.test_nets)})
             for key, states in data.get("data", {}).items():
@@ -617,6 +628,8 @@ class Solver:
                 for name, s in states.items():
                     if name in net.layer_dict:
                         net.layer_dict[name].set_state(s)
+        else:
+            _snap.warn_no_sidecar(state_file)
 
     def __repr__(self):
         return (f"<{type(self).__name__} iter {self.iter}, net "

@@ -20,6 +20,7 @@ from .. import caffelog
 from .. import db as _db
 from ..errors import DataError, ProtonetError
 from ..io import write_binaryproto
+from ..outpath import check_output_file, writing
 
 
 def add_arguments(parser):
@@ -60,6 +61,8 @@ def compute_mean(path, backend=_db.LMDB):
 
 def run(args):
     try:
+        if args.output_file:        # before the work, not after it
+            check_output_file(args.output_file, "OUTPUT_FILE")
         _db.check_backend(args.backend, args.input_db)
         mean = compute_mean(args.input_db, args.backend)
     except ProtonetError as e:
@@ -68,7 +71,8 @@ def run(args):
     if args.output_file:
         caffelog.info(f"Write to {args.output_file}",
                       "compute_image_mean.cpp:108")
-        write_binaryproto(args.output_file, mean)
+        with writing(args.output_file, "OUTPUT_FILE"):
+            write_binaryproto(args.output_file, mean)
     C = mean.shape[1]
     caffelog.info(f"Number of channels: {C}", "compute_image_mean.cpp:114")
     for c in range(C):

@@ -85,6 +85,8 @@ def run(args):
 
 
 def _convert(args):
+    from ..outpath import check_output_folder
+    check_output_folder(args.db_name, "DB_NAME")    # before the work
     _db.check_backend(args.backend, args.db_name)
     lines = read_image_list(args.list_file, "convert_imageset")
     if args.shuffle:

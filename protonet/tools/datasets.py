@@ -264,6 +264,8 @@ def run(args):
                   f"{args.size}x{args.size}, {args.split} split, "
                   f"{','.join(formats)}); nothing to do (--force rewrites it)")
             return 0
+        from ..outpath import check_output_folder
+        check_output_folder(args.out, "--out")
         paths = write_digits(args.out, args.size, args.resize, formats,
                              args.force, args.split)
     except ProtonetError as e:
