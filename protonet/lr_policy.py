@@ -222,7 +222,7 @@ def learning_rate(param, it, current_step=0, where="<solver>",
             f"{where}: {describe_policy(param)}: lr_policy 'poly' is undefined past "
             f"max_iter (iteration {it}); raise max_iter to train longer")
     try:
-        rate, current_step = _rate(param, it, current_step)
+        rate, current_step = _rate(param, it, current_step, plateau)
     except (OverflowError, ValueError, ZeroDivisionError):
         rate = math.nan
     with np.errstate(over="ignore"):
@@ -235,7 +235,7 @@ def learning_rate(param, it, current_step=0, where="<solver>",
     return rate32, current_step
 
 
-def _rate(param, it, current_step):
+def _rate(param, it, current_step, plateau=None):
     """The rate in double, and the new current_step."""
     policy = param.lr_policy
     # The fields are float in the proto; the formula is evaluated in double

@@ -117,7 +117,8 @@ class TrainingReport:
         smoothed = float(s.smoothed_loss)
         raw = float(getattr(s, "last_loss", smoothed))
         self.loss.append((s.iter, self._seconds(), raw, smoothed))
-        rate, _ = learning_rate(s.param, s.iter, s.current_step, s.plateau)
+        rate, _ = learning_rate(s.param, s.iter, s.current_step,
+                                plateau=s.plateau)
         if not self.lr or self.lr[-1][2] != float(rate):
             self.lr.append((s.iter, self._seconds(), float(rate)))
         if s.iter % self.stats_every == 0:
