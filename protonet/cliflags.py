@@ -134,7 +134,7 @@ SOLVER_FLAGS = [
     ("stepsize", "stepsize", int, 1000, "lr_policy step's step size"),
     ("stepvalue", "stepvalue", str, "",
      "multistep: comma-separated iterations"),
-    ("momentum", "momentum", float, 0.9, "momentum"),
+    ("momentum", "momentum", float, 0.9, "momentum (0 for AdaGrad)"),
     ("momentum2", "momentum2", float, 0.999, "Adam's second momentum"),
     ("delta", "delta", float, 1e-8, "AdaGrad/RMSProp/AdaDelta/Adam delta"),
     ("weight_decay", "weight_decay", float, 0.0005, "weight decay"),
@@ -203,6 +203,9 @@ def solver_from_flags(net_path, args):
                                    solver_mode=caffe_pb2.SolverParameter.CPU)
     for flag, field, kind, default, _ in SOLVER_FLAGS:
         value = getattr(args, flag)
+        if value is None and flag == "momentum" and \
+                (args.type or "").lower() == "adagrad":
+            value = 0.0     # NOTE(caffe): AdaGrad refuses any momentum
         value = default if value is None else value
         if value is None or (flag == "stepvalue" and value == ""):
             continue

@@ -302,3 +302,18 @@ def test_train_draws_the_bar_only_on_a_terminal(case, capsys, monkeypatch):
     assert cli.main(["train", "solver.prototxt", "--max_iter=2"]) == 0
     err = capsys.readouterr().err
     assert "train [" not in err and "\r" not in err      # not a terminal
+
+
+def test_adagrad_from_flags_needs_no_momentum_flag(tmp_path, monkeypatch):
+    """The net-only path's default momentum (0.9) is not given to AdaGrad,
+    which refuses any momentum (Caffe's check)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "d" type: "DummyData" top: "x" top: "y" '
+        "dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 1 } "
+        'data_filler { type: "gaussian" } } } '
+        'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "p" '
+        'inner_product_param { num_output: 1 weight_filler { type: "xavier" } } } '
+        'layer { name: "l" type: "EuclideanLoss" bottom: "p" bottom: "y" top: "l" }')
+    assert cli.main(["train", "net.prototxt", "--type", "AdaGrad",
+                     "--max_iter", "2"]) == 0
