@@ -19,6 +19,7 @@ from google.protobuf import message as _message
 from google.protobuf import text_format
 
 from .errors import ParseError
+from .pbcompat import is_repeated
 from .proto import caffe_pb2
 
 # ---------------------------------------------------------------------------
@@ -132,10 +133,10 @@ def _check_strings(message):
         if field.name in ("blobs", "history"):
             continue
         if field.type == field.TYPE_MESSAGE:
-            for m in (value if field.is_repeated else [value]):
+            for m in (value if is_repeated(field) else [value]):
                 _check_strings(m)
         elif field.type == field.TYPE_STRING:
-            for v in (value if field.is_repeated else [value]):
+            for v in (value if is_repeated(field) else [value]):
                 if isinstance(v, bytes):
                     raise ValueError(f"string field '{field.name}' holds "
                                      f"invalid UTF-8 {v[:40]!r}")
