@@ -385,6 +385,8 @@ TOOLS = {
     "summary": ("protonet.tools.summary_cmd",
                 "per-layer shapes, memory, parameters, multiply-adds"),
     "draw": ("protonet.tools.draw_cmd", "draw a net with Graphviz"),
+    "zoo": ("protonet.tools.zoo_cmd",
+            "list the bundled models; --out DIR writes one, ready to train"),
 }
 
 
