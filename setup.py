@@ -29,7 +29,8 @@ class _BuildPy(build_py):
 # setuptools, which wants it listed; the others (squeezenet_v1.0) ride on
 # protonet._zoo's globs.
 _MODEL_PACKAGES = [f"protonet._zoo.{name}" for name in sorted(os.listdir("zoo"))
-                   if name.isidentifier() and os.path.isdir(f"zoo/{name}")]
+                   if name.isidentifier()
+                   and os.path.isfile(f"zoo/{name}/solver.prototxt")]
 
 setup(
     packages=find_packages(include=["protonet", "protonet.*"])
@@ -37,5 +38,6 @@ setup(
     package_dir={"protonet._zoo": "zoo", "protonet._schema": "proto"},
     package_data={"protonet._zoo": ["*/*.prototxt", "*/README.md"],
                   "protonet._schema": ["caffe.proto"]},
+    exclude_package_data={"protonet._schema": ["regenerate.sh"]},
     cmdclass={"build_py": _BuildPy},
 )
