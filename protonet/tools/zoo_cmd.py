@@ -17,7 +17,8 @@ from .. import zoo
 def add_arguments(parser):
     parser.add_argument("name", nargs="?",
                         help="the model to write (without it: list the zoo)")
-    parser.add_argument("--out", help="folder to write the model into "
+    parser.add_argument("--out", metavar="DIR",
+                        help="folder to write the model into "
                         "(created if missing)")
     parser.add_argument("--force", action="store_true",
                         help="replace model files in --out whose content "
