@@ -367,14 +367,15 @@ def _repeated_to_array(blob, field):
     packed run of little-endian values (caffe.proto declares it packed).
     """
     values = getattr(blob, field)
-    kind = "<f8" if field.startswith("double") else "<f4"
+    dtype = np.float64 if field.startswith("double") else np.float32
     if hasattr(values, "__array__") or not len(values) or not _UPB:
-        return np.array(values, dtype=kind[1:])
+        return np.array(values, dtype=dtype)
+    wire = np.dtype(dtype).newbyteorder("<")
     number = blob.DESCRIPTOR.fields_by_name[field].number
     run = _length_delimited(blob.SerializeToString(), number)
-    if run is None or len(run) != len(values) * int(kind[2]):
-        return np.array(values, dtype=kind[1:])
-    return np.frombuffer(run, dtype=kind).astype(kind[1:])
+    if run is None or len(run) != len(values) * wire.itemsize:
+        return np.array(values, dtype=dtype)
+    return np.frombuffer(run, dtype=wire).astype(dtype)
 
 
 def _varint(raw, pos):
