@@ -42,6 +42,7 @@ from . import threads
 from .blob import Blob
 from .errors import NetError
 from .layer import create_layer
+from .pbcompat import is_repeated
 from .proto import caffe_pb2
 
 # Bottom + top elements of a run of layers from which it is split (a
@@ -67,7 +68,7 @@ def _strip_fillers(msg):
             continue
         if field.message_type.name == "FillerParameter":
             msg.ClearField(field.name)
-        elif field.is_repeated:
+        elif is_repeated(field):
             for item in value:
                 _strip_fillers(item)
         else:

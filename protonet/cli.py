@@ -408,6 +408,8 @@ TOOLS = {
                          "blobs of a trained net -> LMDB/LevelDB of Datums"),
     "plot": ("protonet.tools.plot_cmd",
              "training curves (HTML/SVG/PNG) and parse_log.py CSV from logs"),
+    "zoo": ("protonet.tools.zoo_cmd",
+            "list the bundled models; --out DIR writes one, ready to train"),
 }
 
 

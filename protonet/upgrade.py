@@ -27,6 +27,7 @@ naming the file and the layer.
 import warnings
 
 from .errors import UpgradeError
+from .pbcompat import is_repeated
 from .proto import caffe_pb2
 
 _V1 = caffe_pb2.V1LayerParameter
@@ -263,7 +264,7 @@ def _upgrade_v0_layer(conn, out, path):
             msg.CopyFrom(value)
         elif field in ("weight_filler", "bias_filler"):
             getattr(msg, name).CopyFrom(value)
-        elif msg.DESCRIPTOR.fields_by_name[name].is_repeated:
+        elif is_repeated(msg.DESCRIPTOR.fields_by_name[name]):
             getattr(msg, name).append(value)
         else:
             setattr(msg, name, value)
@@ -455,17 +456,17 @@ def _text_only_walk(message, strip):
         if fd.enum_type is not None:
             bad = {v.number for v in fd.enum_type.values
                    if (fd.enum_type.full_name, v.name) in TEXT_ONLY_ENUM_VALUES}
-            values = list(value) if fd.is_repeated else [value]
+            values = list(value) if is_repeated(fd) else [value]
             if bad and any(v in bad for v in values):
                 found = True
                 if strip:
                     message.ClearField(fd.name)
-                    if fd.is_repeated:
+                    if is_repeated(fd):
                         getattr(message, fd.name).extend(
                             v for v in values if v not in bad)
         elif fd.message_type is not None and \
                 fd.message_type.full_name != "caffe.BlobProto":
-            for item in (value if fd.is_repeated else [value]):
+            for item in (value if is_repeated(fd) else [value]):
                 found |= _text_only_walk(item, strip)
     return found
 

@@ -46,7 +46,9 @@ MPIRUN = _find_mpirun()
 
 def _mpi_missing():
     if MPIRUN is None:
-        return "mpirun is not installed (pip install protonet[mpi])"
+        return ("mpirun is not installed: `pip install protonet[mpi]` brings "
+                "MPICH's on Linux and macOS arm64; elsewhere install an MPI "
+                "whose mpirun is on PATH")
     try:
         import mpi4py  # noqa: F401
     except ImportError:
