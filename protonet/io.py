@@ -19,22 +19,19 @@ from google.protobuf import message as _message
 from google.protobuf import text_format
 
 from .errors import ParseError
+from .filecheck import read_file
+from .parse_budget import check_binary, check_text
 from .proto import caffe_pb2
 
 # ---------------------------------------------------------------------------
 # Generic text / binary helpers
 
 
-def _read_bytes(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise ParseError("file not found", path) from None
-    except IsADirectoryError:
-        raise ParseError("is a directory, expected a file", path) from None
-    except OSError as e:
-        raise ParseError(f"cannot read: {e.strerror}", path) from None
+def _read_bytes(path, what="a file"):
+    """The bytes of a regular file, refused (ParseError / ResourceError
+    naming it) when it is a device, FIFO or directory, or larger than the
+    memory limit (protonet.filecheck)."""
+    return read_file(path, what, ParseError)
 
 
 def _decode_text(data, path):
@@ -53,6 +50,7 @@ def parse_text(text, message, path=None):
     Raises:
         ParseError: with `path:line:col` of the first syntax or schema error.
     """
+    check_text(text, path, f"{type(message).__name__} text")
     try:
         text_format.Parse(text, message, allow_unknown_extension=False)
     except text_format.ParseError as e:
@@ -73,7 +71,8 @@ def parse_text(text, message, path=None):
 
 def read_text(path, message):
     """Parse the prototxt file at `path` into `message`."""
-    return parse_text(_decode_text(_read_bytes(path), path), message, str(path))
+    return parse_text(_decode_text(_read_bytes(path, "a prototxt file"), path),
+                      message, str(path))
 
 
 def format_text(message):
@@ -114,6 +113,7 @@ def parse_binary(data, message, path=None, what=None):
     other = _sniff(data)
     if other:
         raise ParseError(f"this is {other}, not a {kind}", path)
+    check_binary(data, message, path, kind)
     try:
         message.ParseFromString(data)
         _check_strings(message)
@@ -230,7 +230,7 @@ def parse_net_text(text, path=None, upgrade=True):
 
 def read_net(path, upgrade=True):
     """A NetParameter from a .prototxt file, upgraded to the current format."""
-    text = _decode_text(_read_bytes(path), str(path))
+    text = _decode_text(_read_bytes(path, "a net prototxt"), str(path))
     return parse_net_text(text, str(path), upgrade)
 
 
@@ -247,7 +247,7 @@ def parse_solver_text(text, path=None, upgrade=True):
 
 def read_solver(path, upgrade=True):
     """A SolverParameter from a solver .prototxt, upgraded (solver_type -> type)."""
-    text = _decode_text(_read_bytes(path), str(path))
+    text = _decode_text(_read_bytes(path, "a solver prototxt"), str(path))
     return parse_solver_text(text, str(path), upgrade)
 
 
@@ -257,7 +257,7 @@ def read_caffemodel(path, upgrade=True):
     V1 caffemodels (weights under `layers`) are upgraded to `layer`.
     """
     path = str(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path, "a .caffemodel")
     if not data:
         raise ParseError("empty file, expected a binary NetParameter "
                          "(.caffemodel)", path)
@@ -287,7 +287,7 @@ def write_caffemodel(path, net_param):
 def read_solverstate(path):
     """A SolverState from a binary .solverstate file."""
     path = str(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path, "a .solverstate")
     if not data:
         raise ParseError("empty file, expected a binary SolverState "
                          "(.solverstate)", path)
@@ -380,7 +380,7 @@ def _extend_packed_floats(blob, number, values):
 def read_binaryproto(path):
     """A mean file (.binaryproto BlobProto) as a float32 array."""
     path = str(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path, "a .binaryproto mean file")
     if not data:
         raise ParseError("empty file, expected a BlobProto (.binaryproto)", path)
     blob = parse_binary(data, caffe_pb2.BlobProto(), path,

@@ -24,6 +24,7 @@ from .. import caffelog
 from .. import db as _db
 from .. import rng as _rng
 from ..errors import DataError, ProtonetError
+from ..imageio import check_resize_target
 from ..layers.db_data import read_image_list
 from ..transform import resize
 
@@ -99,6 +100,8 @@ def _convert(args):
                       "convert_imageset.cpp:92")
         encoded = True
     h, w = max(0, args.resize_height), max(0, args.resize_width)
+    if h and w:     # refused before any image is read
+        check_resize_target(h, w, 1 if args.gray else 3, "convert-imageset")
     data_size = None
     count = 0
     with _db.Writer(args.db_name) as writer:
