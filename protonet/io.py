@@ -20,18 +20,24 @@ from google.protobuf import text_format
 
 from .errors import ParseError
 from .filecheck import read_file
-from .parse_budget import check_binary, check_text
+from .parse_budget import TEXT_FACTOR, check_binary, check_text
 from .proto import caffe_pb2
 
 # ---------------------------------------------------------------------------
 # Generic text / binary helpers
 
 
-def _read_bytes(path, what="a file"):
+def _read_bytes(path, what="a file", factor=1):
     """The bytes of a regular file, refused (ParseError / ResourceError
-    naming it) when it is a device, FIFO or directory, or larger than the
-    memory limit (protonet.filecheck)."""
-    return read_file(path, what, ParseError)
+    naming it) when it is a device, FIFO or directory, or when its size
+    times `factor` passes the memory limit (protonet.filecheck)."""
+    return read_file(path, what, ParseError, factor)
+
+
+def _read_prototxt(path, what):
+    """A text file's bytes, refused early when even its size shows that
+    parsing it would pass the limit (parse_budget.TEXT_FACTOR)."""
+    return _read_bytes(path, what, TEXT_FACTOR)
 
 
 def _decode_text(data, path):
@@ -71,7 +77,7 @@ def parse_text(text, message, path=None):
 
 def read_text(path, message):
     """Parse the prototxt file at `path` into `message`."""
-    return parse_text(_decode_text(_read_bytes(path, "a prototxt file"), path),
+    return parse_text(_decode_text(_read_prototxt(path, "a prototxt file"), path),
                       message, str(path))
 
 
@@ -230,7 +236,7 @@ def parse_net_text(text, path=None, upgrade=True):
 
 def read_net(path, upgrade=True):
     """A NetParameter from a .prototxt file, upgraded to the current format."""
-    text = _decode_text(_read_bytes(path, "a net prototxt"), str(path))
+    text = _decode_text(_read_prototxt(path, "a net prototxt"), str(path))
     return parse_net_text(text, str(path), upgrade)
 
 
@@ -247,7 +253,7 @@ def parse_solver_text(text, path=None, upgrade=True):
 
 def read_solver(path, upgrade=True):
     """A SolverParameter from a solver .prototxt, upgraded (solver_type -> type)."""
-    text = _decode_text(_read_bytes(path, "a solver prototxt"), str(path))
+    text = _decode_text(_read_prototxt(path, "a solver prototxt"), str(path))
     return parse_solver_text(text, str(path), upgrade)
 
 

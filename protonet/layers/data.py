@@ -208,7 +208,47 @@ class MemoryDataLayer(Layer):
         return {"pos": int(self.pos)}
 
     def set_state(self, state):
-        self.pos = int(state["pos"])
+        n = self._data.shape[0] if self._data is not None else None
+        self.pos = state_int(_who(self), state, "pos", 0, n)
+
+
+# ---------------------------------------------------------------------------
+# Saved reader states (a resume sidecar is untrusted: check before use)
+
+
+def _who(layer):
+    return f"{layer.type} layer '{layer.name}'"
+
+
+def state_int(who, state, key, lo, hi=None):
+    """`state[key]`, an int in [lo, hi) (hi None: unbounded); `who` names
+    the layer in the DataError."""
+    v = state.get(key) if isinstance(state, dict) else None
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or \
+            (hi is not None and v >= hi):
+        span = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
+        raise DataError(f"{who}: saved state "
+                        f"'{key}' must be an integer in {span}, got {v!r}")
+    return v
+
+
+def state_permutation(who, state, key, n):
+    """`state[key]` as an int64 array holding a permutation of range(n)."""
+    v = state.get(key) if isinstance(state, dict) else None
+    if isinstance(v, list) and len(v) != n:
+        raise DataError(f"{who}: saved state "
+                        f"'{key}' lists {len(v)} entries, the data has {n} "
+                        "(was the source changed since the snapshot?)")
+    ok = isinstance(v, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in v)
+    if ok:
+        perm = np.asarray(v, np.int64)
+        ok = n == 0 or np.array_equal(np.sort(perm), np.arange(n))
+    if not ok:
+        raise DataError(f"{who}: saved state "
+                        f"'{key}' must be a permutation of 0..{n - 1}, got "
+                        f"{str(v)[:60]}")
+    return perm
 
 
 # ---------------------------------------------------------------------------
@@ -351,16 +391,20 @@ class HDF5DataLayer(Layer):
                 "data_permutation": [int(i) for i in self.data_permutation]}
 
     def set_state(self, state):
-        perm = np.asarray(state["file_permutation"], np.int64)
-        if len(perm) != len(self.filenames):
-            raise DataError(f"HDF5Data layer '{self.name}': saved state lists "
-                            f"{len(perm)} files, the source lists "
-                            f"{len(self.filenames)}")
-        self.file_permutation = perm
-        self.current_file = int(state["current_file"])
-        self._load(self.filenames[perm[self.current_file]],
-                   permutation=state["data_permutation"])
-        self.current_row = int(state["current_row"])
+        nfiles = len(self.filenames)
+        perm = state_permutation(_who(self), state, "file_permutation", nfiles)
+        current = state_int(_who(self), state, "current_file", 0, nfiles)
+        rows = state.get("data_permutation")
+        # the saved row order is passed to _load, which would otherwise
+        # draw a new one from the generator just restored
+        self._load(self.filenames[perm[current]],
+                   permutation=rows if isinstance(rows, list) else [])
+        n = self.arrays[0].shape[0]
+        self.data_permutation = state_permutation(_who(self), state,
+                                                  "data_permutation", n)
+        self.file_permutation, self.current_file = perm, current
+        self.current_row = state_int(_who(self), state, "current_row", 0,
+                                     n + 1)
 
 
 OVERWRITE_ENV = "PROTONET_HDF5_OUTPUT_OVERWRITE"

@@ -23,6 +23,7 @@ from ..filecheck import read_list_file
 from ..imageio import check_resize_target
 from ..layer import Layer
 from ..layer import register
+from .data import state_int
 from ..prefetch import make_fetcher
 from ..transform import DataTransformer, resize
 
@@ -156,7 +157,14 @@ class _DBReader:
                 "transform_rng": self.transformer.get_state()}
 
     def set_state(self, state):
-        self.cursor.seek(bytes.fromhex(state["key"]))
+        key = state.get("key")
+        try:
+            key = bytes.fromhex(key)
+        except (TypeError, ValueError):
+            raise DataError(f"{self.who}: saved state 'key' must be a hex "
+                            f"string (a record key), got {str(key)[:60]!r}") \
+                from None
+        self.cursor.seek(key)
         self.transformer.set_state(state.get("transform_rng"))
 
 
@@ -303,10 +311,11 @@ class _ImageReader:
                 "transform_rng": self.transformer.get_state()}
 
     def set_state(self, state):
+        pos = state_int(self.who, state, "pos", 0, len(self.lines))
         if self.shuffle_rng is not None and state.get("epoch_rng"):
             self.shuffle_rng.bit_generator.state = state["epoch_rng"]
             self._shuffle()
-        self.pos = int(state["pos"])
+        self.pos = pos
         self.transformer.set_state(state.get("transform_rng"))
 
 

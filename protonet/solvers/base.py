@@ -565,21 +565,9 @@ class Solver:
         self.iter, self.current_step = int(it), int(step)
         side = state_file + SIDECAR_SUFFIX
         if os.path.exists(side):
-            try:
-                with open(side) as f:
-                    data = json.load(f)
-            except (OSError, ValueError) as e:
-                raise SolverError(f"{side}: unreadable: {e}") from None
-            _rng.set_state(data["rng"])
-            nets = {"train": self.net}
-            nets.update({f"test_{i}": n for i, n in enumerate(self.test_nets)})
-            for key, states in data.get("data", {}).items():
-                net = nets.get(key)
-                if net is None:
-                    continue
-                for name, s in states.items():
-                    if name in net.layer_dict:
-                        net.layer_dict[name].set_state(s)
+            from ..sidecar_schema import restore_sidecar
+            restore_sidecar(side, {"train": self.net, **{
+                f"test_{i}": n for i, n in enumerate(self.test_nets)}})
 
     def __repr__(self):
         return (f"<{type(self).__name__} iter {self.iter}, net "
