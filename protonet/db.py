@@ -16,14 +16,13 @@ data as LMDB with `protonet convert-imageset`.
 import io as _pyio
 import math
 import os
-import struct
 import threading
 
 import numpy as np
 
 from . import limits
 from .errors import DataError, ProtonetError
-from .filecheck import check_regular
+from .lmdb_check import check_data_file
 from .proto import caffe_pb2
 
 LMDB, LEVELDB = 1, 0
@@ -73,56 +72,6 @@ def check_backend(backend, path):
 # ---------------------------------------------------------------------------
 # Reading
 
-# LMDB's meta pages (pages 0 and 1 of data.mdb, 64-bit layout): the page
-# header (16 bytes), then MDB_meta: magic, version, address, mapsize, two
-# MDB_db records (the first one's md_pad holds the page size), last_pg and
-# txnid.  See lmdb's mdb.c (MDB_meta, mdb_env_read_header).
-_META_MAGIC, _META_VERSION = 0xBEEFC0DE, 1
-_META = struct.Struct("<16xIIQQI44x48xQQ")      # 152 bytes
-
-
-def _read_meta(raw, offset):
-    if len(raw) < offset + _META.size:
-        return None
-    magic, version, _, mapsize, psize, last_pg, txnid = \
-        _META.unpack_from(raw, offset)
-    return magic, version, mapsize, psize, last_pg, txnid
-
-
-def check_lmdb_file(path):
-    """Check `path`/data.mdb against LMDB's own metadata before it is
-    mapped: LMDB trusts the file to hold every page its meta page counts,
-    and reading a page past the end of a truncated file kills the process
-    with SIGBUS.  Raises DataError naming the database."""
-    mdb = os.path.join(path, "data.mdb")
-    st = check_regular(mdb, "an LMDB data file", DataError)
-    size = st.st_size
-    with open(mdb, "rb") as f:
-        head = f.read(_META.size)
-        first = _read_meta(head, 0)
-        if first is None or first[0] != _META_MAGIC:
-            raise DataError(f"{path}: data.mdb is not an LMDB data file (no "
-                            f"LMDB magic 0xBEEFC0DE in its first page; "
-                            f"{size} bytes)")
-        psize = first[3]
-        if first[1] != _META_VERSION:
-            raise DataError(f"{path}: data.mdb has LMDB data version "
-                            f"{first[1]}, expected {_META_VERSION}")
-        if psize < 256 or psize > 65536 or psize & (psize - 1):
-            raise DataError(f"{path}: data.mdb declares a page size of "
-                            f"{psize} bytes; not a valid LMDB file")
-        f.seek(psize)
-        second = _read_meta(f.read(_META.size), 0)
-    metas = [first] + ([second] if second and second[0] == _META_MAGIC
-                       else [])
-    meta = max(metas, key=lambda m: m[5])     # LMDB uses the newest txn
-    need = (meta[4] + 1) * psize
-    if size < need:
-        raise DataError(f"{path}: data.mdb is truncated: LMDB's metadata "
-                        f"counts {meta[4] + 1} pages of {psize} bytes "
-                        f"({need} bytes) but the file holds {size} bytes")
-
-
 def lmdb_error(path, e, key=None):
     """A DataError naming the database (and the record key) for an
     lmdb.Error raised while reading it."""
@@ -134,7 +83,9 @@ def lmdb_error(path, e, key=None):
 # py-lmdb refuses to open one environment twice in a process, yet a train
 # and a test net (or two nets) may read the same database: share it.
 _ENVS = {}
-_ENVS_LOCK = threading.Lock()
+# Re-entrant: a Cursor collected (its __del__ releases its env) while this
+# thread holds the lock, e.g. during the page check, must not deadlock.
+_ENVS_LOCK = threading.RLock()
 
 
 def _acquire_env(path):
@@ -143,7 +94,7 @@ def _acquire_env(path):
     with _ENVS_LOCK:
         entry = _ENVS.get(real)
         if entry is None:
-            check_lmdb_file(path)
+            check_data_file(path)     # no SIGBUS / abort in LMDB
             try:
                 env = lmdb.open(path, readonly=True, lock=False,
                                 readahead=False, max_readers=512)
