@@ -24,6 +24,7 @@ from .. import caffelog
 from .. import db as _db
 from .. import rng as _rng
 from ..errors import DataError, ProtonetError
+from ..filecheck import read_file
 from ..imageio import check_resize_target
 from ..layers.db_data import read_image_list
 from ..transform import resize
@@ -69,8 +70,8 @@ def image_to_datum(path, label, height, width, is_color, encoding):
         same = ext == encoding or {ext, encoding} == {"jpg", "jpeg"}
         if (img.shape[0] == 3) == is_color and not height and not width \
                 and same:
-            with open(path, "rb") as f:    # ReadFileToDatum: the file as is
-                raw = f.read()
+            # ReadFileToDatum: the file as is (a regular file, bounded)
+            raw = read_file(path, "an image", DataError)
             return _db.caffe_pb2.Datum(data=raw, label=label, encoded=True)
         return _db.caffe_pb2.Datum(data=_db.encode_image(img, encoding),
                                    label=label, encoded=True)
