@@ -127,9 +127,10 @@ def decode_lines(data, path, who, error=DataError):
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise error(f"{who}: {path}:{line}: invalid UTF-8 (byte "
-                    f"{data[e.start:e.start + 1]!r} at offset {e.start}); list "
-                    "files must be UTF-8 text") from None
+        bad = data[e.start:e.start + 1]
+        raise error(f"{who}: {path}:{line}: invalid UTF-8 (byte {bad!r} at "
+                    f"offset {e.start}); list files must be UTF-8 text") \
+            from None
     return text.splitlines()
 
 

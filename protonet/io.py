@@ -77,8 +77,8 @@ def parse_text(text, message, path=None):
 
 def read_text(path, message):
     """Parse the prototxt file at `path` into `message`."""
-    return parse_text(_decode_text(_read_prototxt(path, "a prototxt file"), path),
-                      message, str(path))
+    data = _read_prototxt(path, "a prototxt file")
+    return parse_text(_decode_text(data, path), message, str(path))
 
 
 def format_text(message):

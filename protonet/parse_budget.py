@@ -57,8 +57,6 @@ def check_text(text, path=None, kind="prototxt"):
     if cap is None:
         return
     n = len(text)
-    if n * TEXT_FACTOR <= cap // 2 and n < (1 << 20):
-        return      # fast path: a small file cannot reach the limit
     braces = text.count("{") + text.count("<")
     need = n * TEXT_FACTOR + braces * _largest_struct()
     if need > cap:

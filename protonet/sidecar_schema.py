@@ -55,7 +55,8 @@ def _depth(value, limit):
 
 
 def _expect(path, key, value, kind, name):
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not isinstance(value, kind) or \
+            (kind is int and isinstance(value, bool)):
         _fail(path, key, f"expected {name}, found {_type_name(value)} "
               f"{str(value)[:60]}")
 

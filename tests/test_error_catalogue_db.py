@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import protonet
-from protonet import cli, db, limits
+from protonet import db, limits
 from protonet.errors import DataError, ProtonetError, ResourceError
 from protonet.proto import caffe_pb2
 
@@ -41,7 +41,8 @@ def make_db(path, n=300, datums=None):
 
 def data_net(tmp_path, source):
     text = (f'layer {{ name: "d" type: "Data" top: "data" top: "label" '
-            f'data_param {{ source: "{source}" batch_size: 4 backend: LMDB prefetch: 0 }} }}')
+            f'data_param {{ source: "{source}" batch_size: 4 backend: LMDB '
+            'prefetch: 0 } }')
     p = tmp_path / "net.prototxt"
     p.write_text(text)
     net = protonet.Net(str(p), phase=protonet.TEST)
