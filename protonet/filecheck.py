@@ -98,14 +98,20 @@ def read_file(path, what="a file", error=ParseError, factor=1, who=None):
                 _not_regular(path, st.st_mode, what, error, who)
             os.set_blocking(fd, True)
         check_size(path, st.st_size, what, factor)
-        return _read_bounded(f, path, what, factor, error)
+        try:    # one read of the known size: no second copy of a big file
+            data = f.read(st.st_size) if st.st_size else b""
+            if not f.peek(1):       # at the end (a BufferedReader)
+                return data
+        except OSError as e:
+            _raise(error, path, f"cannot read: {e.strerror}")
+        return _read_bounded(f, path, what, factor, error, data)
 
 
-def _read_bounded(f, path, what, factor, error):
-    """Read to the end, refusing as soon as the data passes the limit (a
+def _read_bounded(f, path, what, factor, error, head=b""):
+    """Read the rest, refusing as soon as the data passes the limit (a
     file that grows while read, /dev/stdin, /proc files of size 0)."""
     cap = limits.max_memory()
-    chunks, total = [], 0
+    chunks, total = [head], len(head)
     try:
         while True:
             chunk = f.read(_CHUNK)
