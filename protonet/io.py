@@ -391,7 +391,15 @@ def read_binaryproto(path):
         raise ParseError("empty file, expected a BlobProto (.binaryproto)", path)
     blob = parse_binary(data, caffe_pb2.BlobProto(), path,
                         "BlobProto (.binaryproto)")
-    return blob_to_array(blob, path, "BlobProto")
+    arr = blob_to_array(blob, path, "BlobProto")
+    # a mean file or an Infogain matrix with NaN/Inf would silently poison
+    # every input (or loss) it is applied to
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise ParseError(f"BlobProto holds {bad.size} non-finite value(s) "
+                         f"(first at flat index {bad[0]}: "
+                         f"{arr.flat[bad[0]]}); a corrupted file?", path)
+    return arr
 
 
 def write_binaryproto(path, arr):
