@@ -302,6 +302,10 @@ def read_solverstate(path):
     if not state.HasField("iter") and not state.history:
         raise ParseError("no iteration and no history found; not a "
                          ".solverstate file", path)
+    for field in ("iter", "current_step"):
+        if getattr(state, field) < 0:     # would train -iter extra steps
+            raise ParseError(f"'{field}' is {getattr(state, field)}, "
+                             "expected >= 0", path)
     return state
 
 

@@ -493,6 +493,17 @@ def test_damaged_binary_file(kind, damage, tmp_path):
     assert name in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize("field", ["iter", "current_step"])
+def test_solverstate_negative_counts(field, tmp_path):
+    st = caffe_pb2.SolverState(iter=3)
+    setattr(st, field, -1000000)
+    p = str(tmp_path / "x.solverstate")
+    io.write_binary(p, st)
+    with pytest.raises(ParseError, match=f"x.solverstate: '{field}' is "
+                       "-1000000, expected >= 0"):
+        io.read_solverstate(p)
+
+
 def test_mean_file_with_nan(tmp_path):
     p = str(tmp_path / "mean.binaryproto")
     arr = np.ones((1, 3, 4, 4), np.float32)
@@ -736,7 +747,7 @@ CATALOGUE = {
     "HDF5 weights layout": len(H5_WEIGHT_CASES),
     "HDF5 solverstate layout": len(H5_STATE_CASES),
     "HDF5 source layout": 2,
-    "damaged binary files": len(BINARY_CASES) + 1,
+    "damaged binary files": len(BINARY_CASES) + 3,
     "sidecars": len(SIDECAR_CASES) + 1,
     "HDF5Output": 4,
     "shape products": 2,
