@@ -135,7 +135,7 @@ class Blob:
 
     def count_range(self, start, end=None):
         end = self.num_axes if end is None else end
-        return int(np.prod(self.shape[start:end], dtype=np.int64))
+        return math.prod(self.shape[start:end])     # Python ints: no wrap
 
     def canonical_axis(self, axis):
         """Caffe's CanonicalAxisIndex: negative axes count from the end."""

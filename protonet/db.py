@@ -14,12 +14,15 @@ backend.
 """
 
 import io as _pyio
+import math
 import os
 import threading
 
 import numpy as np
 
+from . import limits
 from .errors import DataError, ProtonetError
+from .lmdb_check import check_data_file
 from .proto import caffe_pb2
 
 LMDB, LEVELDB = 1, 0
@@ -78,10 +81,20 @@ def open_writer(path, backend=LMDB):
 # ---------------------------------------------------------------------------
 # Reading
 
+def lmdb_error(path, e, key=None):
+    """A DataError naming the database (and the record key) for an
+    lmdb.Error raised while reading it."""
+    at = f", record {_show_key(key)}" if key is not None else ""
+    return DataError(f"{path}{at}: LMDB error {type(e).__name__}: {e} (is "
+                     "the database corrupted?)")
+
+
 # py-lmdb refuses to open one environment twice in a process, yet a train
 # and a test net (or two nets) may read the same database: share it.
 _ENVS = {}
-_ENVS_LOCK = threading.Lock()
+# Re-entrant: a Cursor collected (its __del__ releases its env) while this
+# thread holds the lock, e.g. during the page check, must not deadlock.
+_ENVS_LOCK = threading.RLock()
 
 
 def _acquire_env(path):
@@ -90,6 +103,7 @@ def _acquire_env(path):
     with _ENVS_LOCK:
         entry = _ENVS.get(real)
         if entry is None:
+            check_data_file(path)     # no SIGBUS / abort in LMDB
             try:
                 env = lmdb.open(path, readonly=True, lock=False,
                                 readahead=False, max_readers=512)
@@ -127,30 +141,49 @@ class Cursor:
         if not os.path.isdir(self.path):
             raise DataError(f"{self.path}: no such LMDB database (expected a "
                             "folder holding data.mdb)")
+        self._lmdb = lmdb
         self.env = _acquire_env(self.path)
-        self.txn = self.env.begin(buffers=False)
-        self.cursor = self.txn.cursor()
-        if not self.cursor.first():
+        try:
+            self.txn = self.env.begin(buffers=False)
+            self.cursor = self.txn.cursor()
+            found = self.cursor.first()
+        except lmdb.Error as e:
+            _release_env(self.path)
+            self.env = None
+            raise lmdb_error(self.path, e) from None
+        if not found:
             self.close()
             raise DataError(f"{self.path}: the LMDB database holds no records")
 
+    def _call(self, method, *args):
+        """cursor.method(*args), with lmdb errors naming the database and
+        the current record's key."""
+        try:
+            return getattr(self.cursor, method)(*args)
+        except self._lmdb.Error as e:
+            try:
+                key = self.cursor.key()
+            except self._lmdb.Error:
+                key = None
+            raise lmdb_error(self.path, e, key) from None
+
     def key(self):
-        return self.cursor.key()
+        return self._call("key")
 
     def value(self):
-        return self.cursor.value()
+        return self._call("value")
 
     def next(self):
         """Advance; at the end restart from the first record (returns True
         when it wrapped)."""
-        if self.cursor.next():
+        if self._call("next"):
             return False
-        self.cursor.first()
+        self._call("first")
         return True
 
     def seek(self, key):
         """Position at `key` (bytes); DataError when it is absent."""
-        if not self.cursor.set_key(key):
+        if not self._call("set_key", key):
             raise DataError(f"{self.path}: record key {key!r} not found "
                             "(was the database rebuilt since the snapshot?)")
 
@@ -167,7 +200,10 @@ class Cursor:
             pass
 
     def __len__(self):
-        return self.env.stat()["entries"]
+        try:
+            return self.env.stat()["entries"]
+        except self._lmdb.Error as e:
+            raise lmdb_error(self.path, e) from None
 
 
 def read_datums(path, backend=LMDB):
@@ -182,11 +218,19 @@ def read_datums(path, backend=LMDB):
     if not os.path.isdir(path):
         raise DataError(f"{path}: no such LMDB database (expected a folder "
                         "holding data.mdb)")
+    lmdb = require_lmdb()
     env = _acquire_env(path)
+    key = None
     try:
         with env.begin() as txn:
-            for key, value in txn.cursor():
+            cursor = txn.cursor()
+            more = cursor.first()
+            while more:
+                key, value = cursor.key(), cursor.value()
                 yield key, parse_datum(value, path, key)
+                more = cursor.next()
+    except lmdb.Error as e:
+        raise lmdb_error(path, e, key) from None
     finally:
         _release_env(path)
 
@@ -221,10 +265,9 @@ def decode_image(data, color=None, where="<bytes>"):
             (IMREAD_GRAYSCALE), None = as stored (IMREAD_ANYCOLOR).
         where: what to name in the DataError when decoding fails.
     """
-    Image = require_pil()
+    from .imageio import open_image
     try:
-        src = _pyio.BytesIO(data) if isinstance(data, bytes) else data
-        with Image.open(src) as img:
+        with open_image(data, where) as img:
             img.load()
             if color is None:
                 color = img.mode not in ("1", "L", "I", "I;16", "F", "LA")
@@ -287,10 +330,14 @@ def datum_to_array(datum, path="<db>", key=b"", color=None):
         return decode_image(datum.data, color, where=f"{where}, field 'data' "
                             "(encoded)")
     shape = (datum.channels, datum.height, datum.width)
-    count = int(np.prod(shape))
-    if count <= 0:
+    # Python ints: channels*height*width of int32 fields cannot wrap, and
+    # each dim is checked (two negative dims multiply to a positive count).
+    count = math.prod(shape)
+    if min(shape) <= 0:
         raise DataError(f"{where}: channels/height/width must be positive, "
                         f"got {shape}")
+    limits.check_bytes(count * 4, f"{where}: a datum of channels x height x "
+                       f"width = {shape} ({count} values)")
     if datum.data:
         if len(datum.data) != count:
             raise DataError(f"{where}: field 'data' holds {len(datum.data)} "
@@ -320,7 +367,10 @@ class Writer:
                             "create a new database (remove it first)")
         # NOTE(caffe): the database is a folder, made like Caffe's mkdir.
         os.makedirs(self.path)
-        self.env = self._lmdb.open(self.path, map_size=map_size)
+        try:
+            self.env = self._lmdb.open(self.path, map_size=map_size)
+        except self._lmdb.Error as e:
+            raise lmdb_error(self.path, e) from None
         self.pending = []
 
     def put(self, key, value):

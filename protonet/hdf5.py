@@ -15,13 +15,23 @@ Layouts:
 
 h5py is imported only when one of these functions runs; without it they
 raise a ProtonetError saying how to install it.
+
+Reading checks every file against these layouts before using it (see
+`_member`): only regular files, no external links, external storage or
+virtual datasets (they could name /dev/zero or another file), numeric
+datasets where numbers are expected, and every dataset's shape x dtype
+bounded by the memory limit before it is read.  Errors name the file and
+the key.
 """
 
+import math
 import os
 
 import numpy as np
 
-from .errors import DataError, ProtonetError, WeightsError
+from . import limits
+from .errors import DataError, ProtonetError, SolverError, WeightsError
+from .filecheck import check_regular
 from .io import atomic_output
 
 
@@ -44,6 +54,79 @@ def _atomic_h5(path, fill):
     with writing(path), atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             fill(f)
+
+
+# ---------------------------------------------------------------------------
+# Checked reading
+
+
+def _open(path, what, error, who=None):
+    """h5py.File(path, 'r') of a regular file; `error` names the file."""
+    h5py = require_h5py(what)
+    path = os.fspath(path)
+    check_regular(path, what, error, who)
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise error(f"{who + ': ' if who else ''}{path}: cannot open {what} "
+                    f"(not an HDF5 file?): {e}") from None
+
+
+def _member(group, key, path, error, kind="dataset", numeric=True):
+    """`group[key]` checked to be a `kind` ('dataset' or 'group') stored in
+    this file; a dataset must be numeric and fit the memory limit."""
+    import h5py
+    where = f"{group.name.rstrip('/')}/{key}"
+    try:
+        link = group.get(key, getlink=True)
+    except (KeyError, ValueError, OSError, TypeError) as e:
+        raise error(f"{path}: cannot read '{where}': {e}") from None
+    if link is None:
+        raise error(f"{path}: missing {kind} '{where}'")
+    if isinstance(link, h5py.ExternalLink):
+        raise error(f"{path}: '{where}' is an external link to "
+                    f"{link.filename}; protonet reads only data stored in "
+                    "the file itself")
+    try:
+        obj = group[key]
+    except (KeyError, ValueError, OSError) as e:
+        raise error(f"{path}: cannot read '{where}' (dangling link?): {e}") \
+            from None
+    want = h5py.Dataset if kind == "dataset" else h5py.Group
+    if not isinstance(obj, want):
+        found = "a group" if isinstance(obj, h5py.Group) else "a dataset" \
+            if isinstance(obj, h5py.Dataset) else type(obj).__name__
+        raise error(f"{path}: '{where}' is {found}, expected a {kind}")
+    if kind == "dataset":
+        _check_dataset(obj, path, where, error, numeric)
+    return obj
+
+
+def _check_dataset(ds, path, where, error, numeric=True):
+    if ds.is_virtual or ds.external:
+        raise error(f"{path}: dataset '{where}' keeps its data outside the "
+                    "file (virtual or external storage); protonet reads only "
+                    "data stored in the file itself")
+    if numeric and ds.dtype.kind not in "iufb":
+        raise error(f"{path}: dataset '{where}' has dtype {ds.dtype}, "
+                    "expected numbers")
+    shape = ds.shape or ()
+    limits.check_bytes(math.prod(shape) * max(ds.dtype.itemsize, 4),
+                       f"{path}: dataset '{where}' of shape {shape} and "
+                       f"dtype {ds.dtype}")
+
+
+def _scalar_int(f, key, path, error, default=None):
+    if default is not None and key not in f:
+        return default
+    ds = _member(f, key, path, error)
+    if ds.dtype.kind not in "iu" or math.prod(ds.shape or ()) != 1:
+        raise error(f"{path}: '{key}' must be one integer, got dtype "
+                    f"{ds.dtype} and shape {ds.shape}")
+    value = int(np.asarray(ds[()]).reshape(-1)[0])
+    if value < 0:
+        raise error(f"{path}: '{key}' must be >= 0, got {value}")
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -83,18 +166,13 @@ def copy_from_hdf5(net, path):
     Layers of the file absent from the net are ignored; a layer of the net
     absent from the file keeps its values (Caffe's CopyTrainedLayersFromHDF5).
     """
-    h5py = require_h5py("HDF5 weights")
     path = os.fspath(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot open HDF5 weights file: {e}") \
-            from None
+    f = _open(path, "HDF5 weights", WeightsError)
     with f:
         if "data" not in f:
             raise WeightsError(f"{path}: no 'data' group; not a Caffe HDF5 "
                                "weights file")
-        data = f["data"]
+        data = _member(f, "data", path, WeightsError, "group")
         by_name = {}
         for li, name in enumerate(net.layer_names):
             by_name.setdefault(name, li)
@@ -103,7 +181,7 @@ def copy_from_hdf5(net, path):
             li = by_name.get(name)
             if li is None:
                 continue
-            group = data[name]
+            group = _member(data, name, path, WeightsError, "group")
             target = net.layers[li].blobs
             if len(group) > len(target):
                 raise WeightsError(
@@ -117,7 +195,7 @@ def copy_from_hdf5(net, path):
                     raise WeightsError(
                         f"{path}: layer '{name}' lacks parameter blob {j} "
                         f"(the net has {len(target)})")
-                arr = np.asarray(group[key])
+                arr = np.asarray(_member(group, key, path, WeightsError))
                 if arr.shape != blob.shape:
                     if arr.size != blob.count or blob.num_axes > 4:
                         raise WeightsError(
@@ -147,30 +225,42 @@ def write_solverstate(path, iteration, learned_net, current_step, history):
 def read_solverstate(path):
     """Read a `.solverstate.h5`: dict with iter, learned_net (str or None),
     current_step and history (list of float32 arrays, in order)."""
-    h5py = require_h5py("HDF5 solver states")
     path = os.fspath(path)
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise ProtonetError(f"{path}: cannot open HDF5 solver state: {e}") \
-            from None
+    err = SolverError
+    f = _open(path, "HDF5 solver state", err)
     with f:
         if "iter" not in f or "history" not in f:
-            raise ProtonetError(f"{path}: not a Caffe HDF5 solver state "
-                                "(needs 'iter' and 'history')")
+            raise err(f"{path}: not a Caffe HDF5 solver state (needs 'iter' "
+                      "and 'history')")
         learned = None
         if "learned_net" in f:
-            v = f["learned_net"][()]
-            learned = v.decode() if isinstance(v, bytes) else str(v)
-        hist = f["history"]
+            learned = _string(f, "learned_net", path, err)
+        hist = _member(f, "history", path, err, "group")
+        keys = sorted(hist.keys())
+        if keys != sorted(str(i) for i in range(len(keys))):
+            raise err(f"{path}: group 'history' must hold datasets named 0, "
+                      f"1, ..., {len(keys) - 1}, got {keys[:10]}")
         return {
-            "iter": int(f["iter"][()]),
+            "iter": _scalar_int(f, "iter", path, err),
             "learned_net": learned,
-            "current_step": int(f["current_step"][()]) if "current_step" in f
-            else 0,
-            "history": [np.asarray(hist[str(i)], np.float32)
-                        for i in range(len(hist))],
+            "current_step": _scalar_int(f, "current_step", path, err, 0),
+            "history": [np.asarray(_member(hist, str(i), path, err),
+                                   np.float32) for i in range(len(keys))],
         }
+
+
+def _string(f, key, path, error):
+    """The one string held by dataset `key`."""
+    obj = _member(f, key, path, error, "dataset", numeric=False)
+    if obj.dtype.kind not in "SOU" or math.prod(obj.shape or ()) != 1:
+        raise error(f"{path}: '{key}' must be one string, got dtype "
+                    f"{obj.dtype} and shape {obj.shape}")
+    v = np.asarray(obj[()]).reshape(-1)[0]
+    try:
+        return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+    except UnicodeDecodeError:
+        raise error(f"{path}: '{key}' is not valid UTF-8: {v[:60]!r}") \
+            from None
 
 
 # ---------------------------------------------------------------------------
@@ -179,21 +269,25 @@ def read_solverstate(path):
 
 def load_datasets(path, names, layer=None):
     """Read datasets `names` of the HDF5 file `path` as float32 arrays."""
-    h5py = require_h5py("HDF5Data layers")
-    who = f"layer '{layer.name}': " if layer is not None else ""
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{who}failed opening HDF5 file {path}: {e}") from None
+    who = f"{layer.type} layer '{layer.name}'" if layer is not None else None
+    pre = who + ": " if who else ""
+    f = _open(path, "an HDF5 data file", DataError, who)
     out = []
     with f:
+        datasets = []
         for name in names:
             if name not in f:
-                raise DataError(f"{who}HDF5 file {path} has no dataset "
+                raise DataError(f"{pre}HDF5 file {path} has no dataset "
                                 f"'{name}' (datasets: {', '.join(f.keys())})")
-            arr = np.asarray(f[name], dtype=np.float32)
-            if arr.ndim < 1:
-                raise DataError(f"{who}dataset '{name}' in {path} must have "
+            ds = _member(f, name, path, DataError)
+            if ds.ndim < 1:
+                raise DataError(f"{pre}dataset '{name}' in {path} must have "
                                 f"at least 1 axis, got a scalar")
-            out.append(arr)
+            datasets.append(ds)
+        # all the tops' datasets are held at once: bound their sum
+        limits.check_bytes(sum(math.prod(d.shape) * 4 for d in datasets),
+                           f"{pre}{path}: datasets {list(names)} of shapes "
+                           f"{[d.shape for d in datasets]} (as float32)")
+        for ds in datasets:
+            out.append(np.asarray(ds, dtype=np.float32))
     return out

@@ -9,11 +9,23 @@ in [0, 1] as `load_image` returns them); nets want K x H x W, often BGR in
 Mirrors: python/caffe/io.py
 """
 
+import io as _pyio
+import threading
+import warnings
+
 import numpy as np
 
+from . import limits
 from .errors import DataError, ProtonetError
+from .filecheck import read_file
 from .image_resize import resize_image  # noqa: F401  (caffe.io.resize_image)
 from .proto import caffe_pb2
+
+#: Bytes one decoded pixel may take on the way to a net: Pillow's RGBA
+#: decode (4) plus a float32 RGB copy (12).  An image is refused before
+#: decoding when width x height x this passes the memory limit.
+BYTES_PER_PIXEL = 16
+_OPEN_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------------------
@@ -273,6 +285,63 @@ def _resize_mean(mean, dims):
 # Image IO
 
 
+def open_image(src, where=None):
+    """Open an image (a path or encoded bytes) with Pillow, reading only its
+    header, and refuse it before decoding when it is too large.
+
+    Two guards, both raising DataError / ResourceError naming `where` (the
+    file, or the database record):
+
+    * protonet's memory limit: width x height x BYTES_PER_PIXEL must fit;
+    * Pillow's decompression-bomb guard (`PIL.Image.MAX_IMAGE_PIXELS`,
+      89M pixels by default): its warning and its error both become a
+      DataError; set `PIL.Image.MAX_IMAGE_PIXELS = None` to rely on the
+      memory limit alone.
+
+    A path must name a regular file (protonet.filecheck).  Returns the
+    opened PIL image (use it as a context manager; call `load()` to decode).
+    """
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        raise ProtonetError("reading images needs Pillow: pip install "
+                            "pillow") from None
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        where = where or "<image bytes>"
+        data = bytes(src)
+    else:
+        data = read_file(src, "an image", DataError, who=where)
+        where = where or str(src)
+    # The bomb warning is raised as an error inside this block only; the
+    # lock keeps two threads from swapping the warning filters at once.
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(_pyio.BytesIO(data))
+        except (Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
+            raise DataError(f"{where}: refused as a decompression bomb: {e} "
+                            "(raise PIL.Image.MAX_IMAGE_PIXELS if the image "
+                            "is genuine)") from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataError(f"{where}: cannot decode image: {e}") from None
+    w, h = img.size
+    try:
+        limits.check_bytes(w * h * BYTES_PER_PIXEL,
+                           f"{where}: an image of {w} x {h} pixels")
+    except ProtonetError:
+        img.close()
+        raise
+    return img
+
+
+def check_resize_target(height, width, channels, what):
+    """Refuse a resize to `height` x `width` before any array is made: the
+    bilinear resize keeps about three float64 arrays of the output size."""
+    limits.check_bytes(int(height) * int(width) * int(channels) * 8 * 3,
+                       f"{what}: resizing to {height} x {width} x {channels}")
+
+
 def load_image(filename, color=True):
     """Load an image as float32 in [0, 1], H x W x 3 (RGB) or H x W x 1.
 
@@ -283,12 +352,11 @@ def load_image(filename, color=True):
     img_as_float, which pycaffe uses).  Needs Pillow.
     """
     try:
-        from PIL import Image
-    except ImportError:  # pragma: no cover - pillow is a dependency
-        raise ProtonetError("load_image needs Pillow: pip install pillow") \
-            from None
+        im = open_image(filename)
+    except DataError as e:
+        raise DataError(f"cannot read image {filename}: {e}") from None
     try:
-        with Image.open(filename) as im:
+        with im:
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif im.mode in ("1", "CMYK", "YCbCr", "LAB", "HSV"):
@@ -296,7 +364,7 @@ def load_image(filename, color=True):
             elif im.mode == "LA":
                 im = im.convert("L")
             arr = np.asarray(im)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {filename}: {e}") from None
     if arr.dtype == bool:
         img = arr.astype(np.float32)

@@ -20,22 +20,25 @@ from google.protobuf import text_format
 
 from .errors import ParseError
 from .pbcompat import is_repeated
+from .filecheck import read_file
+from .parse_budget import TEXT_FACTOR, check_binary, check_text
 from .proto import caffe_pb2
 
 # ---------------------------------------------------------------------------
 # Generic text / binary helpers
 
 
-def _read_bytes(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise ParseError("file not found", path) from None
-    except IsADirectoryError:
-        raise ParseError("is a directory, expected a file", path) from None
-    except OSError as e:
-        raise ParseError(f"cannot read: {e.strerror}", path) from None
+def _read_bytes(path, what="a file", factor=1):
+    """The bytes of a regular file, refused (ParseError / ResourceError
+    naming it) when it is a device, FIFO or directory, or when its size
+    times `factor` passes the memory limit (protonet.filecheck)."""
+    return read_file(path, what, ParseError, factor)
+
+
+def _read_prototxt(path, what):
+    """A text file's bytes, refused early when even its size shows that
+    parsing it would pass the limit (parse_budget.TEXT_FACTOR)."""
+    return _read_bytes(path, what, TEXT_FACTOR)
 
 
 def _decode_text(data, path):
@@ -54,6 +57,7 @@ def parse_text(text, message, path=None):
     Raises:
         ParseError: with `path:line:col` of the first syntax or schema error.
     """
+    check_text(text, path, f"{type(message).__name__} text")
     try:
         text_format.Parse(text, message, allow_unknown_extension=False)
     except text_format.ParseError as e:
@@ -74,7 +78,8 @@ def parse_text(text, message, path=None):
 
 def read_text(path, message):
     """Parse the prototxt file at `path` into `message`."""
-    return parse_text(_decode_text(_read_bytes(path), path), message, str(path))
+    data = _read_prototxt(path, "a prototxt file")
+    return parse_text(_decode_text(data, path), message, str(path))
 
 
 def format_text(message):
@@ -115,6 +120,7 @@ def parse_binary(data, message, path=None, what=None):
     other = _sniff(data)
     if other:
         raise ParseError(f"this is {other}, not a {kind}", path)
+    check_binary(data, message, path, kind)
     try:
         message.ParseFromString(data)
         _check_strings(message)
@@ -238,7 +244,7 @@ def parse_net_text(text, path=None, upgrade=True):
 
 def read_net(path, upgrade=True):
     """A NetParameter from a .prototxt file, upgraded to the current format."""
-    text = _decode_text(_read_bytes(path), str(path))
+    text = _decode_text(_read_prototxt(path, "a net prototxt"), str(path))
     return parse_net_text(text, str(path), upgrade)
 
 
@@ -255,7 +261,7 @@ def parse_solver_text(text, path=None, upgrade=True):
 
 def read_solver(path, upgrade=True):
     """A SolverParameter from a solver .prototxt, upgraded (solver_type -> type)."""
-    text = _decode_text(_read_bytes(path), str(path))
+    text = _decode_text(_read_prototxt(path, "a solver prototxt"), str(path))
     return parse_solver_text(text, str(path), upgrade)
 
 
@@ -265,7 +271,7 @@ def read_caffemodel(path, upgrade=True):
     V1 caffemodels (weights under `layers`) are upgraded to `layer`.
     """
     path = str(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path, "a .caffemodel")
     if not data:
         raise ParseError("empty file, expected a binary NetParameter "
                          "(.caffemodel)", path)
@@ -295,7 +301,7 @@ def write_caffemodel(path, net_param):
 def read_solverstate(path):
     """A SolverState from a binary .solverstate file."""
     path = str(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path, "a .solverstate")
     if not data:
         raise ParseError("empty file, expected a binary SolverState "
                          "(.solverstate)", path)
@@ -304,6 +310,10 @@ def read_solverstate(path):
     if not state.HasField("iter") and not state.history:
         raise ParseError("no iteration and no history found; not a "
                          ".solverstate file", path)
+    for field in ("iter", "current_step"):
+        if getattr(state, field) < 0:     # would train -iter extra steps
+            raise ParseError(f"'{field}' is {getattr(state, field)}, "
+                             "expected >= 0", path)
     return state
 
 
@@ -453,12 +463,20 @@ def _extend_packed_floats(blob, number, values):
 def read_binaryproto(path):
     """A mean file (.binaryproto BlobProto) as a float32 array."""
     path = str(path)
-    data = _read_bytes(path)
+    data = _read_bytes(path, "a .binaryproto mean file")
     if not data:
         raise ParseError("empty file, expected a BlobProto (.binaryproto)", path)
     blob = parse_binary(data, caffe_pb2.BlobProto(), path,
                         "BlobProto (.binaryproto)")
-    return blob_to_array(blob, path, "BlobProto")
+    arr = blob_to_array(blob, path, "BlobProto")
+    # a mean file or an Infogain matrix with NaN/Inf would silently poison
+    # every input (or loss) it is applied to
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise ParseError(f"BlobProto holds {bad.size} non-finite value(s) "
+                         f"(first at flat index {bad[0]}: "
+                         f"{arr.flat[bad[0]]}); a corrupted file?", path)
+    return arr
 
 
 def write_binaryproto(path, arr):

@@ -6,6 +6,10 @@ Two guards, both raising `ResourceError` before the memory is taken:
   count) is checked against the limit *before* `np.zeros` runs, so a single
   absurd shape (an input dim of 1e9, a Tile/Reshape/DummyData to a huge shape,
   a 1e7-output InnerProduct) never reaches the allocator;
+* every input is bounded before it is read (protonet.filecheck: file
+  sizes; protonet.parse_budget: what a prototxt or binary proto expands to
+  once parsed; HDF5 dataset shapes, Datum sizes, image sizes and resize
+  targets through `check_bytes`);
 * while a net is built, `NetBudget` adds up the bytes of every new top blob
   and parameter blob after each layer's setup (shape inference happens in
   setup/reshape), and refuses as soon as the sum passes the limit, naming the
@@ -114,9 +118,23 @@ def format_bytes(n):
     return f"{n:.1f} EiB"
 
 
-def _how_to_raise():
+def how_to_raise():
+    """The hint every ResourceError ends with."""
     return (f"raise the limit with {ENV_VAR}=<size> (e.g. 32G) or "
             "Net(..., max_memory=...)")
+
+
+_how_to_raise = how_to_raise
+
+
+def check_bytes(nbytes, what):
+    """Refuse `nbytes` of memory that `what` (a sentence subject naming the
+    file, dataset, record or image) would take, before it is taken."""
+    cap = max_memory()
+    if cap is not None and nbytes > cap:
+        raise ResourceError(f"{what} needs {format_bytes(nbytes)}, more than "
+                            f"the memory limit of {format_bytes(cap)}; "
+                            f"{how_to_raise()}")
 
 
 def check_allocation(shape, itemsize):

@@ -11,6 +11,7 @@ import numpy as np
 from .. import parallel
 from .. import rng as _rng
 from ..errors import DataError, LayerError
+from ..filecheck import read_list_file
 from ..fillers import fill
 from ..layer import Layer, register
 from ..proto import caffe_pb2
@@ -155,7 +156,7 @@ class MemoryDataLayer(Layer):
         p = self.param.memory_data_param
         self.batch_size = p.batch_size
         self.chw = (p.channels, p.height, p.width)
-        if self.batch_size * int(np.prod(self.chw)) <= 0:
+        if min((self.batch_size,) + self.chw) <= 0:
             raise LayerError(self, "batch_size, channels, height and width "
                              "must be given and positive in memory_data_param, "
                              f"got {self.batch_size}, {self.chw}")
@@ -207,7 +208,47 @@ class MemoryDataLayer(Layer):
         return {"pos": int(self.pos)}
 
     def set_state(self, state):
-        self.pos = int(state["pos"])
+        n = self._data.shape[0] if self._data is not None else None
+        self.pos = state_int(_who(self), state, "pos", 0, n)
+
+
+# ---------------------------------------------------------------------------
+# Saved reader states (a resume sidecar is untrusted: check before use)
+
+
+def _who(layer):
+    return f"{layer.type} layer '{layer.name}'"
+
+
+def state_int(who, state, key, lo, hi=None):
+    """`state[key]`, an int in [lo, hi) (hi None: unbounded); `who` names
+    the layer in the DataError."""
+    v = state.get(key) if isinstance(state, dict) else None
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo or \
+            (hi is not None and v >= hi):
+        span = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
+        raise DataError(f"{who}: saved state "
+                        f"'{key}' must be an integer in {span}, got {v!r}")
+    return v
+
+
+def state_permutation(who, state, key, n):
+    """`state[key]` as an int64 array holding a permutation of range(n)."""
+    v = state.get(key) if isinstance(state, dict) else None
+    if isinstance(v, list) and len(v) != n:
+        raise DataError(f"{who}: saved state "
+                        f"'{key}' lists {len(v)} entries, the data has {n} "
+                        "(was the source changed since the snapshot?)")
+    ok = isinstance(v, list) and all(
+        isinstance(i, int) and not isinstance(i, bool) for i in v)
+    if ok:
+        perm = np.asarray(v, np.int64)
+        ok = n == 0 or np.array_equal(np.sort(perm), np.arange(n))
+    if not ok:
+        raise DataError(f"{who}: saved state "
+                        f"'{key}' must be a permutation of 0..{n - 1}, got "
+                        f"{str(v)[:60]}")
+    return perm
 
 
 # ---------------------------------------------------------------------------
@@ -215,14 +256,16 @@ class MemoryDataLayer(Layer):
 
 
 def _read_source_list(layer, source):
+    who = f"{layer.type} layer '{layer.name}'"
     try:
-        with open(source) as f:
-            names = f.read().split()
-    except OSError as e:
-        raise DataError(f"{layer.type} layer '{layer.name}': failed to open "
-                        f"source file {source}: {e.strerror} (the path is "
+        lines = read_list_file(source, who, "an HDF5 source list")
+    except DataError as e:
+        if os.path.isabs(source) or os.path.exists(source):
+            raise
+        raise DataError(f"{e} (failed to open the source file; the path is "
                         f"relative to the working directory {os.getcwd()})") \
             from None
+    names = " ".join(lines).split()
     if not names:
         raise DataError(f"{layer.type} layer '{layer.name}': must have at least "
                         f"1 HDF5 filename listed in {source}")
@@ -348,16 +391,46 @@ class HDF5DataLayer(Layer):
                 "data_permutation": [int(i) for i in self.data_permutation]}
 
     def set_state(self, state):
-        perm = np.asarray(state["file_permutation"], np.int64)
-        if len(perm) != len(self.filenames):
-            raise DataError(f"HDF5Data layer '{self.name}': saved state lists "
-                            f"{len(perm)} files, the source lists "
-                            f"{len(self.filenames)}")
-        self.file_permutation = perm
-        self.current_file = int(state["current_file"])
-        self._load(self.filenames[perm[self.current_file]],
-                   permutation=state["data_permutation"])
-        self.current_row = int(state["current_row"])
+        nfiles = len(self.filenames)
+        perm = state_permutation(_who(self), state, "file_permutation", nfiles)
+        current = state_int(_who(self), state, "current_file", 0, nfiles)
+        rows = state.get("data_permutation")
+        # the saved row order is passed to _load, which would otherwise
+        # draw a new one from the generator just restored
+        self._load(self.filenames[perm[current]],
+                   permutation=rows if isinstance(rows, list) else [])
+        n = self.arrays[0].shape[0]
+        self.data_permutation = state_permutation(_who(self), state,
+                                                  "data_permutation", n)
+        self.file_permutation, self.current_file = perm, current
+        self.current_row = state_int(_who(self), state, "current_row", 0,
+                                     n + 1)
+
+
+OVERWRITE_ENV = "PROTONET_HDF5_OUTPUT_OVERWRITE"
+_MARK = "protonet_writer"       # root attribute of files HDF5Output wrote
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _overwrite_allowed():
+    value = os.environ.get(OVERWRITE_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise DataError(f"{OVERWRITE_ENV}={value!r}: expected 1 or 0")
+
+
+def _written_by_us(path, h5py):
+    """True when `path` is an HDF5 file carrying HDF5Output's mark."""
+    with open(path, "rb") as f:
+        if f.read(8) != _HDF5_SIGNATURE:
+            return False
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get(_MARK) == "HDF5Output"
+    except OSError:
+        return False
 
 
 @register("HDF5Output", v1="HDF5_OUTPUT")
@@ -365,9 +438,14 @@ class HDF5OutputLayer(Layer):
     """Writes its two bottoms to `hdf5_output_param.file_name` as datasets
     'data' and 'label' (float32, Caffe's legacy 4-D shapes).
 
-    NOTE(caffe): Caffe creates the file at setup and writes the datasets at
-    every forward (a second forward fails there, the datasets exist); here
-    each forward rewrites the file with the latest batch.
+    NOTE(caffe): Caffe creates (truncates) the file at setup and writes the
+    datasets at every forward (a second forward fails there, the datasets
+    exist).  Here nothing is touched until the first forward, since a model
+    file is untrusted and merely building a net (`protonet summary`, `time`)
+    must not destroy a file; each forward then rewrites the file with the
+    latest batch.  An existing file is replaced only when it is an HDF5 file
+    this layer wrote (root attribute `protonet_writer`), or when
+    PROTONET_HDF5_OUTPUT_OVERWRITE=1; anything else is a DataError.
 
     Mirrors: src/caffe/layers/hdf5_output_layer.cpp.
     """
@@ -380,12 +458,26 @@ class HDF5OutputLayer(Layer):
         self.file_name = self.param.hdf5_output_param.file_name
         if not self.file_name:
             raise LayerError(self, "hdf5_output_param.file_name is required")
-        h5py = require_h5py("HDF5Output layers")
-        try:
-            h5py.File(self.file_name, "w").close()
-        except OSError as e:
-            raise DataError(f"HDF5Output layer '{self.name}': cannot create "
-                            f"{self.file_name}: {e}") from None
+        require_h5py("HDF5Output layers")
+        self._claimed = False
+
+    def _claim(self, h5py):
+        """Refuse to replace a file this layer did not write."""
+        path = self.file_name
+        if os.path.lexists(path) and not _overwrite_allowed():
+            what = None
+            if os.path.isdir(path):
+                what = "a directory"
+            elif not os.path.isfile(path):
+                what = "not a regular file"
+            elif not _written_by_us(path, h5py):
+                what = "a file HDF5Output did not write"
+            if what:
+                raise DataError(
+                    f"HDF5Output layer '{self.name}': {path} exists and is "
+                    f"{what}; refusing to overwrite it (remove it, choose "
+                    f"another file_name, or set {OVERWRITE_ENV}=1)")
+        self._claimed = True
 
     def reshape(self, bottom, top):
         if bottom[0].shape[:1] != bottom[1].shape[:1]:
@@ -396,11 +488,18 @@ class HDF5OutputLayer(Layer):
     def forward(self, bottom, top):
         from ..hdf5 import require_h5py
         h5py = require_h5py("HDF5Output layers")
-        with h5py.File(self.file_name, "w") as f:
-            for name, b in (("data", bottom[0]), ("label", bottom[1])):
-                shape = (b.num, b.channels, b.height, b.width)
-                f.create_dataset(name, data=np.asarray(b.data, np.float32)
-                                 .reshape(shape))
+        if not self._claimed:
+            self._claim(h5py)
+        try:
+            with h5py.File(self.file_name, "w") as f:
+                f.attrs[_MARK] = "HDF5Output"
+                for name, b in (("data", bottom[0]), ("label", bottom[1])):
+                    shape = (b.num, b.channels, b.height, b.width)
+                    f.create_dataset(name, data=np.asarray(b.data, np.float32)
+                                     .reshape(shape))
+        except OSError as e:
+            raise DataError(f"HDF5Output layer '{self.name}': cannot write "
+                            f"{self.file_name}: {e}") from None
 
     def backward(self, top, propagate_down, bottom):
         pass

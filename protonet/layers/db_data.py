@@ -19,8 +19,11 @@ from .. import db as _db
 from .. import parallel
 from .. import rng as _rng
 from ..errors import DataError, LayerError
+from ..filecheck import read_list_file
+from ..imageio import check_resize_target
 from ..layer import Layer
 from ..layer import register
+from .data import state_int
 from ..prefetch import make_fetcher
 from ..transform import DataTransformer, resize
 
@@ -154,7 +157,14 @@ class _DBReader:
                 "transform_rng": self.transformer.get_state()}
 
     def set_state(self, state):
-        self.cursor.seek(bytes.fromhex(state["key"]))
+        key = state.get("key")
+        try:
+            key = bytes.fromhex(key)
+        except (TypeError, ValueError):
+            raise DataError(f"{self.who}: saved state 'key' must be a hex "
+                            f"string (a record key), got {str(key)[:60]!r}") \
+                from None
+        self.cursor.seek(key)
         self.transformer.set_state(state.get("transform_rng"))
 
 
@@ -211,14 +221,11 @@ def read_image_list(source, who="ImageData"):
     Returns:
         list of (path, label, line_number).
     """
-    try:
-        with open(source) as f:
-            text = f.read()
-    except OSError as e:
-        raise DataError(f"{who}: cannot open list file {source}: "
-                        f"{e.strerror}") from None
+    if not os.path.exists(source):
+        raise DataError(f"{who}: cannot open list file {source}: no such "
+                        "file")
     lines = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(read_list_file(source, who, "an image list"), 1):
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
@@ -268,7 +275,7 @@ class _ImageReader:
         name, label, n = self.lines[self.order[index]]
         path = self.root + name
         where = f"{self.source}:{n}: image {path}"
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise DataError(f"{self.who}: {where}: no such file")
         img = _db.decode_image(path, self.color, where=f"{self.who}: {where}")
         if self.size[0] > 0:
@@ -304,10 +311,11 @@ class _ImageReader:
                 "transform_rng": self.transformer.get_state()}
 
     def set_state(self, state):
+        pos = state_int(self.who, state, "pos", 0, len(self.lines))
         if self.shuffle_rng is not None and state.get("epoch_rng"):
             self.shuffle_rng.bit_generator.state = state["epoch_rng"]
             self._shuffle()
-        self.pos = int(state["pos"])
+        self.pos = pos
         self.transformer.set_state(state.get("transform_rng"))
 
 
@@ -338,5 +346,9 @@ class ImageDataLayer(_PrefetchingDataLayer):
                              f"together, got {p.new_height} and {p.new_width}")
         if not p.source:
             raise LayerError(self, "image_data_param.source is required")
+        if p.new_height > 0:
+            check_resize_target(p.new_height, p.new_width,
+                                3 if p.is_color else 1,
+                                f"ImageData layer '{self.name}'")
         return _ImageReader(f"ImageData layer '{self.name}'", p,
                             self.transformer, self.dtype, self.batch_size)

@@ -6,6 +6,8 @@ re-made at every reshape and forward because the bottom's producer may have
 reallocated its array.  Gradients are copied back (reshaped) in backward.
 """
 
+import math
+
 import numpy as np
 
 from ..errors import LayerError
@@ -276,14 +278,14 @@ class ReshapeLayer(_ViewLayer):
             new[i] = x.shape[start + i]
         if self.inferred_axis is not None:
             known = x.count_range(0, start) * x.count_range(end) * \
-                int(np.prod([d for d in new if d != -1], dtype=np.int64))
+                math.prod(d for d in new if d != -1)
             if known == 0 or x.count % known:
                 raise LayerError(self, f"bottom count {x.count} (shape "
                                  f"{x.shape}) is not divisible by the product "
                                  f"of the specified dims ({known})")
             new[self.inferred_axis] = x.count // known
         shape = x.shape[:start] + tuple(new) + x.shape[end:]
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)    # Python ints: 2^32 x 2^32 is not 0
         if count != x.count:
             raise LayerError(self, f"new shape {shape} has {count} elements "
                              f"but the bottom {x.shape} has {x.count}")

@@ -29,7 +29,7 @@ from .. import caffelog
 from .. import io as _io
 from .. import parallel
 from .. import rng as _rng
-from ..errors import NumericalError, SolverError
+from ..errors import SolverError
 from ..lr_policy import Plateau, learning_rate
 from ..numerics import check_step, check_weights
 from ..net import TEST, TRAIN, Net
@@ -615,19 +615,12 @@ class Solver:
         self.iter, self.current_step = int(it), int(step)
         self.last_snapshot = state_file     # on disk and known good
         if data is not None:
-            _rng.set_state(data["rng"])
+            from ..sidecar_schema import apply_sidecar
+            side = state_file + SIDECAR_SUFFIX
+            apply_sidecar(data, side, {"train": self.net, **{
+                f"test_{i}": n for i, n in enumerate(self.test_nets)}})
             if self.plateau is not None and "plateau" in data:
-                self.plateau.set_state(data["plateau"],
-                                       state_file + SIDECAR_SUFFIX)
-            nets = {"train": self.net}
-            nets.update({f"test_{i}": n for i, n in enumerate(self.test_nets)})
-            for key, states in data.get("data", {}).items():
-                net = nets.get(key)
-                if net is None:
-                    continue
-                for name, s in states.items():
-                    if name in net.layer_dict:
-                        net.layer_dict[name].set_state(s)
+                self.plateau.set_state(data["plateau"], side)
         else:
             _snap.warn_no_sidecar(state_file)
 

@@ -22,7 +22,6 @@ prefix.
 """
 
 import errno
-import json
 import os
 import signal
 
@@ -205,11 +204,8 @@ def read_sidecar(side, it):
     the solverstate of iteration `it`."""
     if not os.path.exists(side):
         return None
-    try:
-        with open(side) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise SolverError(f"{side}: unreadable: {e}") from None
+    from ..sidecar_schema import load_sidecar
+    data = load_sidecar(side)       # bounded, JSON checked against its layout
     check_sidecar_iter(side, data, it)
     return data
 

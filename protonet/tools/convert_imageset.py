@@ -24,6 +24,8 @@ from .. import caffelog
 from .. import db as _db
 from .. import rng as _rng
 from ..errors import DataError, ProtonetError
+from ..filecheck import read_file
+from ..imageio import check_resize_target
 from ..layers.db_data import read_image_list
 from ..transform import resize
 
@@ -68,8 +70,8 @@ def image_to_datum(path, label, height, width, is_color, encoding):
         same = ext == encoding or {ext, encoding} == {"jpg", "jpeg"}
         if (img.shape[0] == 3) == is_color and not height and not width \
                 and same:
-            with open(path, "rb") as f:    # ReadFileToDatum: the file as is
-                raw = f.read()
+            # ReadFileToDatum: the file as is (a regular file, bounded)
+            raw = read_file(path, "an image", DataError)
             return _db.caffe_pb2.Datum(data=raw, label=label, encoded=True)
         return _db.caffe_pb2.Datum(data=_db.encode_image(img, encoding),
                                    label=label, encoded=True)
@@ -101,6 +103,8 @@ def _convert(args):
                       "convert_imageset.cpp:92")
         encoded = True
     h, w = max(0, args.resize_height), max(0, args.resize_width)
+    if h and w:     # refused before any image is read
+        check_resize_target(h, w, 1 if args.gray else 3, "convert-imageset")
     data_size = None
     count = 0
     with _db.open_writer(args.db_name, args.backend) as writer:
