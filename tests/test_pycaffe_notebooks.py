@@ -9,6 +9,8 @@ PASCAL, MNIST) are replaced by what `model()` and the tests write here.
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -265,13 +267,14 @@ def test_detect_py_with_context_padding(tmp_path):
 
 def test_draw_net_py(tmp_path):
     m = model(tmp_path)
-    protonet_run("draw_net.py", m["deploy"], "net.png", "--rankdir", "TB",
-                 cwd=tmp_path)
     protonet_run("draw_net.py", m["deploy"], "net.dot", "--phase", "TEST",
                  cwd=tmp_path)
-    assert (tmp_path / "net.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if shutil.which("dot"):         # PNG needs Graphviz (.ci/run installs it)
+        protonet_run("draw_net.py", m["deploy"], "net.png", "--rankdir", "TB",
+                     cwd=tmp_path)
+        assert (tmp_path / "net.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     dot = (tmp_path / "net.dot").read_text()
-    assert 'rankdir="LR"' in dot                 # draw_net.py's default
+    assert re.search(r'rankdir="?LR"?;', dot)     # draw_net.py's default
     assert "conv1\\n(Convolution)" in dot and "fc8\\n(InnerProduct)" in dot
 
 
