@@ -36,8 +36,8 @@ import numpy as np
 from . import caffelog
 from . import io as _io
 from .cliflags import (CaffeArgumentParser, add_solver_flags,
-                       override_solver, parse_weights, solver_from_flags,
-                       text_kind)
+                       override_solver, parse_list, parse_weights,
+                       solver_from_flags, text_kind)
 from .errors import ProtonetError
 
 _EFFECTS = ("stop", "snapshot", "none")
@@ -77,6 +77,9 @@ def _add_train(sub):
     p.add_argument("--report", metavar="DIR", default=None,
                    help="keep a live HTML training report in DIR/index.html "
                    "(rewritten at every display and test interval)")
+    p.add_argument("--report_layers", metavar="BLOBS", default=None,
+                   help="comma-separated test-net blobs whose activation maps "
+                   "the report shows [the first two convolutions]")
     add_solver_flags(p)
 
 
@@ -237,7 +240,11 @@ def cmd_train(a):
             solver.net.copy_from(w)
             for tn in solver.test_nets:
                 tn.copy_from(w)
-        report = solver.add_report(a.report) if a.report else None
+        report = None
+        if a.report:
+            layers = parse_list(a.report_layers, "report_layers") \
+                if a.report_layers else None
+            report = solver.add_report(a.report, activation_layers=layers)
         caffelog.info("Starting Optimization", "caffe.cpp:248")
         bar = _progress(solver)
         with bar if bar is not None else contextlib.nullcontext():

@@ -185,7 +185,12 @@ class TrainingReport:
 
     def _activation_blobs(self, net):
         if self.activation_layers:
-            return [b for b in self.activation_layers if b in net.blobs]
+            missing = [b for b in self.activation_layers if b not in net.blobs]
+            if missing:
+                raise ReportError(f"report: no blob {', '.join(missing)} in "
+                                  f"test net #0 (blobs: "
+                                  f"{', '.join(net.blobs)})")
+            return list(self.activation_layers)
         names = []
         for layer, tops in zip(net.layers, net.top_names.values()):
             if layer.type == "Convolution" and tops:

@@ -178,9 +178,14 @@ def test_report_directory_errors(tmp_path):
 def test_cli_train_report(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.prototxt").write_text(SOLVER)
-    assert cli.main(["train", "--solver", "s.prototxt", "--report", "rep"]) == 0
+    assert cli.main(["train", "--solver", "s.prototxt", "--report", "rep",
+                     "-report_layers", "data,ip"]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "protonet training report: tiny" in page
+    # The chosen blobs' maps (ip is not 4-D: left out), not conv1's.
+    assert "data, test image 0" in page and "conv1, test image" not in page
+    assert cli.main(["train", "--solver", "s.prototxt", "--report", "rep",
+                     "--report-layers", "nope"]) == 1
 
 
 # -- in a real browser -------------------------------------------------------
