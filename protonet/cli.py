@@ -385,6 +385,8 @@ TOOLS = {
     "summary": ("protonet.tools.summary_cmd",
                 "per-layer shapes, memory, parameters, multiply-adds"),
     "draw": ("protonet.tools.draw_cmd", "draw a net with Graphviz"),
+    "export": ("protonet.tools.export_cmd",
+               "net + weights -> ONNX model (--check: compare in onnxruntime)"),
 }
 
 

@@ -175,7 +175,9 @@ def build_model(net, outputs=None, opset=DEFAULT_OPSET, batch=None,
     if batch not in (None, "dynamic") and not isinstance(batch, int):
         raise ProtonetError(f"ONNX export: batch must be an int or 'dynamic', "
                             f"got {batch!r}")
-    outputs = list(outputs) if outputs else list(net.outputs)
+    if not outputs:
+        # An input no layer reads is one of Caffe's outputs, not the graph's.
+        outputs = [o for o in net.outputs if o not in net.inputs]
     _check_outputs(net, outputs)
     old = _resize_inputs(net, batch, input_shapes)
     try:
