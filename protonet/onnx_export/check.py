@@ -106,6 +106,6 @@ def randomize_weights(net, seed=0):
                     else int(shape[0] * np.prod(shape[2:]))
                 if layer.type == "InnerProduct" and getattr(layer, "transpose", False):
                     fan_in = shape[0]
-                b.data[...] = gen.standard_normal(shape) / np.sqrt(max(fan_in, 1))
+                b.data[...] = gen.standard_normal(shape, np.float32) / np.float32(np.sqrt(max(fan_in, 1)))
             else:
                 b.data[...] = 0.1 * gen.standard_normal(shape)

@@ -89,6 +89,39 @@ def export_one(rel):
             "cut": bool(cut), "nodes": len(model.graph.node)}
 
 
+def check_prototxt(path, side=None):
+    """export_one for any deploy prototxt (batch 1; inputs of 4 axes at
+    side x side when `side` is given), built with seeded random weights."""
+    from .. import TEST, Net, io
+    from ..errors import ProtonetError
+    from ..rng import set_random_seed
+    from .exporter import build_model
+    set_random_seed(0)
+    param = io.read_net(path)
+    for layer in param.layer:
+        if layer.type == "Input":
+            for shape in layer.input_param.shape:
+                shape.dim[0] = 1
+                if side and len(shape.dim) == 4:
+                    shape.dim[2] = shape.dim[3] = side
+    for i, dim in enumerate(param.input_shape):
+        dim.dim[0] = 1
+        if side and len(dim.dim) == 4:
+            dim.dim[2] = dim.dim[3] = side
+    try:
+        net = Net(param, phase=TEST)
+    except ProtonetError as e:
+        return {"status": "not run", "detail": f"protonet: {str(e)[:120]}"}
+    randomize_weights(net)
+    outputs, cut = _cut_outputs(net)
+    model = build_model(net, outputs=outputs + _probes(net, outputs))
+    rows = compare(net, model, random_inputs(net))
+    worst = max(r[2] for r in rows)
+    return {"status": "exact" if worst <= DEFAULT_TOL else "differs",
+            "detail": f"max relative diff {worst:.1e} ({', '.join(r[0] for r in rows)})",
+            "worst": worst, "shape": [list(net.blobs[n].shape) for n in net.inputs]}
+
+
 def _run_child(rel, timeout):
     cmd = [sys.executable, "-m", "protonet.onnx_export.corpus_report", "--one", rel]
     try:
@@ -152,9 +185,23 @@ def main(argv=None):
     ap.add_argument("--markdown", action="store_true", help="print the table")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per net")
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--prototxt", nargs="+", default=None, metavar="NET",
+                    help="check these deploy nets instead of the corpus (one "
+                    "JSON line each)")
+    ap.add_argument("--side", type=int, default=None,
+                    help="with --prototxt: image inputs at side x side")
     args = ap.parse_args(argv)
     if args.one:
         print(json.dumps(export_one(args.one)))
+        return 0
+    if args.prototxt:
+        import gc
+        for path in args.prototxt:
+            t = time.time()
+            r = check_prototxt(path, args.side)
+            r.update(path=path, seconds=round(time.time() - t, 1))
+            print(json.dumps(r), flush=True)
+            gc.collect()
         return 0
     from .. import compat
     corpus = os.path.abspath(args.corpus or compat.CORPUS)

@@ -44,7 +44,7 @@ def _check_outputs(net, outputs):
 
 
 def _unsupported(layer, bottoms):
-    why = f"no ONNX converter for layer type {layer.type}"
+    why = f"no exact ONNX form: the exporter has no converter for type {layer.type}"
     if layer.type in _CUT_HINT:
         why += (" (its output has no exact ONNX operator); export the graph up "
                 f"to its inputs with outputs={','.join(bottoms)}")
@@ -191,12 +191,30 @@ def build_model(net, outputs=None, opset=DEFAULT_OPSET, batch=None,
     return model
 
 
+def _light_copy(model, limit=4096):
+    """`model` with every initializer above `limit` elements turned into a
+    graph input of the same shape: the checker and shape inference see the
+    same graph without serialising the weights twice more."""
+    light = onnx.ModelProto()
+    light.ir_version, light.producer_name = model.ir_version, model.producer_name
+    light.opset_import.extend(model.opset_import)
+    g = model.graph
+    big = [t for t in g.initializer if np.prod(t.dims) > limit]
+    small = [t for t in g.initializer if np.prod(t.dims) <= limit]
+    inputs = list(g.input) + [helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                              for t in big]
+    light.graph.CopyFrom(helper.make_graph(list(g.node), g.name, inputs,
+                                           list(g.output), small))
+    return light
+
+
 def validate(model, net=None):
     """onnx.checker plus strict shape inference; with `net`, the inferred
     output shapes must be the net's blob shapes."""
+    light = _light_copy(model)
     try:
-        onnx.checker.check_model(model)
-        inferred = shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.checker.check_model(light)
+        inferred = shape_inference.infer_shapes(light, strict_mode=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ProtonetError(f"ONNX export produced an invalid model: {e}") from e
     if net is None:
