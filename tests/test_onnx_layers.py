@@ -115,9 +115,22 @@ def test_ave_pooling_divisor_counts_pad_up_to_h_plus_pad(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("params", ["pyramid_height: 3 pool: MAX",
+                                    "pyramid_height: 2 pool: AVE",
+                                    "pyramid_height: 1"])
+def test_spp(tmp_path, params):
+    check(tmp_path, layer("SPP", f"spp_param {{ {params} }}"), {"data": (2, 3, 7, 9)})
+
+
 @pytest.mark.parametrize("pool", ["MAX", "AVE"])
 def test_global_pooling(tmp_path, pool):
     check(tmp_path, layer("Pooling", f"pooling_param {{ pool: {pool} global_pooling: true }}"))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 2, 6, 6)])
+def test_stochastic_pooling_at_test_time(tmp_path, shape):
+    params = "pooling_param { pool: STOCHASTIC kernel_size: 3 stride: 2 }"
+    check(tmp_path, layer("Pooling", params), {"data": shape}, kind="positive")
 
 
 def test_max_pooling_mask_top(tmp_path):
@@ -137,8 +150,9 @@ def test_convolution(tmp_path, kind, params):
     check(tmp_path, layer(kind, f"convolution_param {{ {params} }}"))
 
 
-def test_depthwise_convolution(tmp_path):
-    check(tmp_path, layer("ConvolutionDepthwise",
+@pytest.mark.parametrize("kind", ["ConvolutionDepthwise", "DepthwiseConvolution"])
+def test_depthwise_convolution(tmp_path, kind):
+    check(tmp_path, layer(kind,
                           "convolution_param { num_output: 6 kernel_size: 3 pad: 1 }"))
 
 
@@ -364,3 +378,63 @@ def test_prior_box_is_a_constant(tmp_path):
                  "variance: 0.2 }", bottoms=("feat", "img"))
     net, model = check(tmp_path, body, {"feat": (1, 2, 3, 4), "img": (1, 3, 24, 32)})
     assert [n.op_type for n in model.graph.node] == ["Identity"]
+
+
+# -- fork layers ----------------------------------------------------------------------
+
+POOL_MASK = ('layer { name: "pool" type: "Pooling" bottom: "data" top: "p" top: "mask" '
+             'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n')
+
+
+@pytest.mark.parametrize("body, inputs", [
+    (layer("Axpy", bottoms=("a", "x", "z")), {"a": (2, 3), "x": (2, 3, 4, 5), "z": (2, 3, 4, 5)}),
+    (layer("Axpy", bottoms=("a", "x", "z")),
+     {"a": (2, 3, 1, 1), "x": (2, 3, 4, 5), "z": (2, 3, 4, 5)}),
+    (layer("ShuffleChannel", "shuffle_channel_param { group: 3 }"), {"data": (2, 6, 4, 5)}),
+    (layer("PixelShuffle", "pixelshuffle_param { upscale_factor: 2 }"), {"data": (2, 8, 3, 4)}),
+    (layer("BN", "bn_param { bn_mode: INFERENCE scale_filler { type: 'gaussian' } "
+                 "shift_filler { type: 'gaussian' } }"), {"data": (2, 3, 4, 5)}),
+    (layer("BN", "bn_param { scale_filler { type: 'gaussian' } "
+                 "shift_filler { type: 'gaussian' } }"), {"data": (2, 3, 4, 5)}),
+    (layer("Upsample", "upsample_param { scale: 2 }"), {"data": (2, 3, 4, 5)}),
+    (layer("Upsample", "upsample_param { scale: 3 dims_num: 3 }"), {"data": (2, 3, 4)}),
+    (POOL_MASK + layer("Upsample", "upsample_param { scale: 2 }", bottoms=("p", "mask")),
+     {"data": (2, 3, 6, 8)}),
+    (POOL_MASK + layer("Upsample", "upsample_param { upsample_h: 7 upsample_w: 9 }",
+                       bottoms=("p", "mask")), {"data": (2, 3, 7, 9)}),
+    (POOL_MASK + layer("MaxUnPool", "max_unpool_param { dst_h: 6 dst_w: 8 }",
+                       bottoms=("p", "mask")), {"data": (2, 3, 6, 8)}),
+    (layer("Interp", "interp_param { zoom_factor: 3 }"), {"data": (2, 3, 4, 5)}),
+    (layer("Interp", "interp_param { shrink_factor: 2 }"), {"data": (2, 3, 7, 9)}),
+    (layer("Interp", "interp_param { height: 11 width: 6 pad_beg: -1 pad_end: -1 }"),
+     {"data": (2, 3, 7, 9)}),
+    (layer("Interp", "", bottoms=("data", "ref")), {"data": (2, 3, 4, 5), "ref": (2, 1, 9, 7)}),
+    (layer("BilinearInterpolate", "bilinear_interpolate_param { dst_h: 9 dst_w: 7 }"),
+     {"data": (2, 3, 4, 5)}),
+    (layer("BilinearInterpolate", "bilinear_interpolate_param { dst_h: 3 dst_w: 11 "
+                                  "align_corners: true }"), {"data": (2, 3, 4, 5)}),
+    (layer("BilinearInterpolate", "bilinear_interpolate_param { scale_factor: 1.5 }"),
+     {"data": (2, 3, 4, 5)}),
+    (layer("UnPooling", "unpooling_param { unpool: REP }", bottoms=("data", "ref")),
+     {"data": (2, 3, 1, 1), "ref": (2, 1, 4, 5)}),
+    (layer("ParseOutput", tops=("label", "score")), {"data": (2, 5, 4, 3)}),
+], ids=lambda v: v.split('"')[3] if isinstance(v, str) else None)
+def test_fork_layers(tmp_path, body, inputs):
+    check(tmp_path, body, inputs)
+
+
+def test_segnet_unpooling_with_dynamic_batch_fails_clearly(tmp_path):
+    body = POOL_MASK + layer("Upsample", "upsample_param { scale: 2 }", bottoms=("p", "mask"))
+    net = build(tmp_path, body, {"data": (2, 3, 6, 8)})
+    with pytest.raises(ProtonetError, match="Upsample layer 'l'.*fixed --batch"):
+        export(net, batch="dynamic")
+
+
+def test_resize_with_dynamic_batch(tmp_path):
+    body = (layer("Interp", "interp_param { zoom_factor: 2 }", name="i", tops=("a",))
+            + layer("Upsample", "upsample_param { scale: 2 }", name="u", tops=("b",)))
+    net = build(tmp_path, body, {"data": (2, 3, 4, 5)})
+    model = export(net, batch="dynamic")
+    x = {"data": np.random.default_rng(0).standard_normal((3, 3, 4, 5)).astype(np.float32)}
+    for _, _, rel, _ in compare(net, model, x):
+        assert rel <= TOL

@@ -24,7 +24,8 @@ def _conv_attrs(layer):
                 group=int(layer.group))
 
 
-@converter("Convolution", "ConvolutionDepthwise", "Deconvolution")
+@converter("Convolution", "ConvolutionDepthwise", "DepthwiseConvolution",
+           "Deconvolution")
 def convolution(ctx):
     """Conv / ConvTranspose: Caffe's weight layouts are ONNX's, its output
     sizes (floor for Conv; s*(H-1) + d*(k-1) + 1 - 2p for deconvolution)
@@ -248,3 +249,20 @@ def normalize(ctx):
     scale = scale.reshape(()) if layer.channel_shared else \
         scale.reshape(_channel_shape(shape))
     ctx.op("Mul", [y, ctx.const(scale, "scale")], top=0)
+
+
+@converter("SPP")
+def spp(ctx):
+    """Each pyramid level is the Pooling layer protonet builds for it (with
+    Caffe's geometry), flattened; the levels are concatenated on axis 1."""
+    from .graph import LayerContext
+    outs = []
+    single = len(ctx.layer.levels) == 1
+    for level, t in zip(ctx.layer.levels, ctx.layer._tops):
+        name = ctx.out(0) if single else ctx.g.fresh(f"{level.name}/pooled")
+        sub = LayerContext(ctx.g, level, ctx.x, ctx.shapes, [name], [tuple(t.shape)],
+                           ctx.dynamic, None)
+        pooling(sub)
+        outs.append(name if single else ctx.op("Flatten", [name], axis=1))
+    if not single:
+        ctx.op("Concat", outs, top=0, axis=1)
