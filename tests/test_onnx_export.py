@@ -272,3 +272,48 @@ def test_zoo_deploy_nets_export_exactly():
     for r in results:
         assert r["status"] == "exact", r
         assert r["worst"] <= 1e-4
+
+
+# -- the corpus report's helpers ----------------------------------------------------
+
+TRAIN_VAL = '''name: "tv"
+layer { name: "data" type: "Input" top: "data" top: "label"
+  input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } shape { dim: 2 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+  inner_product_param { num_output: 4 } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Accuracy" bottom: "fc" bottom: "label" top: "acc" }
+'''
+
+
+def test_report_cuts_losses_and_detection(tmp_path):
+    from protonet.onnx_export.corpus_report import _cut_outputs
+    net, _ = small_net(tmp_path, TRAIN_VAL)
+    assert _cut_outputs(net) == (["fc"], ["Accuracy", "SoftmaxWithLoss"])
+    net, _ = small_net(tmp_path, DETECTION)
+    assert _cut_outputs(net) == (["loc_flat", "conf_flat", "prior"], ["DetectionOutput"])
+
+
+def test_report_mask_flips_on_exact_ties(tmp_path):
+    from protonet.onnx_export.corpus_report import mask_flips
+    text = ('name: "m"\nlayer { name: "data" type: "Input" top: "data" input_param { '
+            'shape { dim: 1 dim: 1 dim: 4 dim: 4 } } }\n'
+            'layer { name: "pool" type: "Pooling" bottom: "data" top: "p" top: "mask" '
+            'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n')
+    net, _ = small_net(tmp_path, text)
+    x = {"data": np.zeros((1, 1, 4, 4), np.float32)}   # every window a tie
+    flips, _, rows = mask_flips(net, x, ["p"])
+    assert flips == 0          # both pick the first maximum, as Caffe does
+    assert [r[0] for r in rows] == ["p"]
+
+
+def test_report_markdown_counts():
+    from protonet.onnx_export.corpus_report import markdown
+    results = [("a.prototxt", "deploy", {"status": "exact", "detail": "d", "cut": True}),
+               ("b.prototxt", "deploy", {"status": "failed", "detail": "why"}),
+               ("c.prototxt", "net", {"status": "exact", "detail": "d"}),
+               ("d.prototxt", "net", {"status": "not run", "detail": "python"})]
+    text = markdown(results)
+    assert "**1 of the 2 that protonet runs export exactly** (1 of them cut" in text
+    assert "Train/val nets (TEST phase): 1 of the 1" in text
+    assert "| `b.prototxt` | deploy | failed | why |" in text

@@ -99,12 +99,12 @@ def mask_flips(net, inputs, outputs, tol=1e-5):
              if l.type == "Pooling" and len(net.top_ids[i]) > 1]
     if not pairs:
         return 0, False, []
-    names = [x for pair in pairs for x in pair if x not in outputs]
-    model = build_model(net, outputs=outputs + names)
+    masks = [m for _, m in pairs]
+    model = build_model(net, outputs=outputs + [m for m in masks if m not in outputs])
     rows = compare(net, model, inputs)
-    names = [x for pair in pairs for x in pair]
-    got = dict(zip(names, session(model).run(names, inputs)))
-    want = protonet_forward(net, inputs, names)
+    feed = {i.name: inputs[i.name] for i in model.graph.input}
+    got = dict(zip(masks, session(model).run(masks, feed)))
+    want = protonet_forward(net, inputs, masks + [d for d, _ in pairs])
     flips, ties = 0, True
     for data, mask in pairs:
         x = want[data].reshape(want[data].shape[:2] + (-1,))
