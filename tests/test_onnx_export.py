@@ -317,3 +317,18 @@ def test_report_markdown_counts():
     assert "**1 of the 2 that protonet runs export exactly** (1 of them cut" in text
     assert "Train/val nets (TEST phase): 1 of the 1" in text
     assert "| `b.prototxt` | deploy | failed | why |" in text
+
+
+def test_in_place_layer_on_an_input_blob(tmp_path):
+    text = ('name: "ip"\nlayer { name: "data" type: "Input" top: "data" input_param { '
+            'shape { dim: 2 dim: 3 } } }\n'
+            'layer { name: "r" type: "ReLU" bottom: "data" top: "data" }\n'
+            'layer { name: "s" type: "Sigmoid" bottom: "data" top: "s" }\n')
+    net, _ = small_net(tmp_path, text)
+    model = protonet.onnx.export(net)
+    assert [i.name for i in model.graph.input] == ["data"]
+    assert [o.name for o in model.graph.output] == ["s"]
+    rows = compare(net, model, {"data": random_input((2, 3))})
+    assert rows[0][2] <= 1e-4
+    with pytest.raises(ProtonetError, match="output 'data' is a graph input"):
+        protonet.onnx.export(net, outputs=["data"])

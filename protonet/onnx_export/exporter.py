@@ -67,21 +67,17 @@ class _Exporter:
         """The last writer of each blob among the exported layers gives it
         the Caffe name; graph inputs keep theirs."""
         net = self.net
-        self.last_writer = {}
+        self.last_writer, self.input_names = {}, set()
         for i in self.layers:
             for t in net.top_ids[i]:
                 self.last_writer[net._blob_names[t]] = i
-        for i in self.layers:
-            if net.layers[i].type == "Input":
-                for t in net.top_ids[i]:
-                    self.g.reserve(net._blob_names[t])
-        for name, i in self.last_writer.items():
-            if net.layers[i].type != "Input":
-                self.g.reserve(name)
+                if net.layers[i].type == "Input":
+                    self.input_names.add(net._blob_names[t])
+        for name in self.last_writer:
+            self.g.reserve(name)
 
-    def _top_name(self, i, j, name):
-        is_input = self.net.layers[self.last_writer[name]].type == "Input"
-        if self.last_writer[name] == i and not is_input:
+    def _top_name(self, i, name):
+        if self.last_writer[name] == i and name not in self.input_names:
             return name
         return self.g.fresh(f"{name}/{self.net._layer_names[i]}")
 
@@ -99,7 +95,7 @@ class _Exporter:
             fn = CONVERTERS.get(layer.type)
             if fn is None:
                 raise _unsupported(layer, bnames)
-            tops = [self._top_name(i, j, n) for j, n in enumerate(tnames)]
+            tops = [self._top_name(i, n) for n in tnames]
             ctx = LayerContext(
                 self.g, layer, [self.current[b] for b in bnames],
                 [tuple(b.shape) for b in net.bottom_vecs[i]], tops,
@@ -130,9 +126,10 @@ class _Exporter:
         outs = []
         for name in self.outputs:
             value = self.current.get(name)
-            if value is None or name in {v.name for v in self.inputs}:
+            if value is None or name in self.input_names:
                 raise ProtonetError(f"ONNX export: output '{name}' is a graph "
-                                    "input, not computed by any layer")
+                                    "input (ONNX needs distinct input and "
+                                    "output names); choose another blob")
             if value != name:
                 self.g.op("Identity", [value], [name], hint=name)
             outs.append(value_info(name, self.net.blobs[name].shape, self.dynamic))
