@@ -342,6 +342,17 @@ def test_argmax_ties_go_to_the_higher_index(tmp_path):
     assert got.ravel().tolist() == net.blobs["y"].data.ravel().tolist() == [2.0]
 
 
+def test_dummy_data_constant_and_random(tmp_path):
+    body = ('layer { name: "d" type: "DummyData" top: "k" dummy_data_param { '
+            'shape { dim: 2 dim: 3 } data_filler { type: "constant" value: 1.5 } } }\n'
+            + layer("Eltwise", "", bottoms=("data", "k")))
+    check(tmp_path, body, {"data": (2, 3)})
+    body = body.replace('type: "constant" value: 1.5', 'type: "gaussian"')
+    net = build(tmp_path, body, {"data": (2, 3)})
+    with pytest.raises(ProtonetError, match="DummyData layer 'd'.*'gaussian' filler"):
+        export(net)
+
+
 def test_embed(tmp_path):
     body = layer("Embed", "embed_param { input_dim: 5 num_output: 3 }")
     check(tmp_path, body, {"data": (2, 4)}, kind="index")

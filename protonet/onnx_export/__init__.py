@@ -2,6 +2,7 @@
 `pip install protonet[onnx]`).
 
     import protonet
+    import protonet.onnx
     net = protonet.Net("deploy.prototxt", weights="w.caffemodel", phase=protonet.TEST)
     protonet.onnx.export(net, "model.onnx")              # or protonet.onnx_export
 

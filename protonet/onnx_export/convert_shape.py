@@ -150,3 +150,18 @@ def parameter(ctx):
 def prior_box(ctx):
     """Folded to a constant: the boxes depend only on the shapes."""
     ctx.op("Identity", [ctx.const(ctx.top_data()[0], "priors")], top=0)
+
+
+@converter("DummyData")
+def dummy_data(ctx):
+    """Constant-filled tops become constants; a random filler redraws every
+    forward, which no deterministic graph reproduces."""
+    p = ctx.param.dummy_data_param
+    fillers = list(p.data_filler)
+    for i in range(len(ctx.tops)):
+        f = fillers[0] if len(fillers) == 1 else fillers[i] if fillers else None
+        if f is not None and f.type != "constant":
+            raise ctx.fail(f"top {i} is redrawn from a '{f.type}' filler every "
+                           "forward (random); only constant tops can be exported")
+        value = np.full(ctx.top_shapes[i], f.value if f is not None else 0, np.float32)
+        ctx.op("Identity", [ctx.const(value, f"value{i}")], top=i)

@@ -33,7 +33,7 @@ CUT_TYPES = ("DetectionOutput", "ROIPooling", "PSROIPooling")
 
 
 # Training-only layers of a train/val net's TEST phase, cut off the same way.
-TRAIN_TYPES = ("Accuracy", "Silence")
+TRAIN_TYPES = ("Accuracy", "Silence", "ParseEvaluate")
 
 
 def _is_cut(layer):
@@ -67,7 +67,8 @@ def _cut_outputs(net):
         for b in cut.get(o, [o]):
             if b not in outs and b not in net.inputs:
                 outs.append(b)
-    return outs, sorted(set(l.type for l in net.layers if _is_cut(l)))
+    return outs, sorted(set(l.type for l in net.layers if _is_cut(l)
+                            and l.type != "Silence"))
 
 
 # Saturating last layers: their bottoms are compared too (a softmax of

@@ -50,6 +50,9 @@ def _unsupported(layer, bottoms):
                 f"to its inputs with outputs={','.join(bottoms)}")
     elif layer.type == "Python":
         why += " (a Python layer's code cannot be exported)"
+    elif layer.type in ("LSTM", "RNN"):
+        why += (" (Caffe's recurrent layers reset their state wherever the "
+                "`cont` input is 0; ONNX's LSTM / RNN cannot)")
     return NotExportable(layer, why)
 
 
