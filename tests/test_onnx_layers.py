@@ -135,9 +135,13 @@ def test_stochastic_pooling_at_test_time(tmp_path):
     check(tmp_path, layer("Pooling", params), {"data": (2, 3, 7, 9)}, kind="positive")
 
 
-def test_max_pooling_mask_top(tmp_path):
-    params = "pooling_param { pool: MAX kernel_size: 3 stride: 2 }"
-    check(tmp_path, layer("Pooling", params, tops=("y", "mask")))
+@pytest.mark.parametrize("geometry", ["kernel_size: 3 stride: 2",
+                                      "kernel_size: 3 stride: 2 pad: 1",
+                                      "kernel_size: 2 stride: 3 round_mode: FLOOR",
+                                      "global_pooling: true"])
+def test_max_pooling_mask_top(tmp_path, geometry):
+    params = f"pooling_param {{ pool: MAX {geometry} }}"
+    check(tmp_path, layer("Pooling", params, tops=("y", "mask")), {"data": (2, 3, 8, 9)})
 
 
 # -- convolution and inner product --------------------------------------------

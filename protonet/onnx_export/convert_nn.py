@@ -99,13 +99,14 @@ def pooling(ctx):
         # (unsliced) input; ONNX's indices count over the whole tensor.
         y, idx = ctx.g.op("MaxPool", [x], [ctx.out(0), ctx.g.fresh(f"{ctx.name}/idx")],
                           hint=ctx.name, **attrs)
-        # Rows cut off by the geometry only shorten the plane; a cut column
-        # would change the row stride.
-        if keep[1] != ctx.shapes[0][3]:
-            raise ctx.fail("a mask top with an input column cut by the pooling "
-                           "geometry")
-        plane = ctx.op("Mod", [idx, ctx.const(np.int64(keep[0] * keep[1]), "plane",
-                                              np.int64)])
+        Hk, Wk = keep
+        plane = ctx.op("Mod", [idx, ctx.const(np.int64(Hk * Wk), "plane", np.int64)])
+        W = ctx.shapes[0][3]
+        if Wk != W:   # a cut-off column changes the row stride: h * W + w
+            wk = ctx.const(np.int64(Wk), "kept_width", np.int64)
+            rows = ctx.op("Mul", [ctx.op("Div", [plane, wk]),
+                                  ctx.const(np.int64(W), "width", np.int64)])
+            plane = ctx.op("Add", [rows, ctx.op("Mod", [plane, wk])])
         ctx.op("Cast", [plane], top=1, to=1)
         return
     if layer.pool == _PP.STOCHASTIC:
