@@ -332,3 +332,14 @@ def test_in_place_layer_on_an_input_blob(tmp_path):
     assert rows[0][2] <= 1e-4
     with pytest.raises(ProtonetError, match="output 'data' is a graph input"):
         protonet.onnx.export(net, outputs=["data"])
+
+
+def test_large_weights_go_to_an_external_file(tmp_path, monkeypatch):
+    from protonet.onnx_export import exporter
+    monkeypatch.setattr(exporter, "_EXTERNAL_BYTES", 100)
+    net, _ = small_net(tmp_path)
+    out = tmp_path / "big.onnx"
+    protonet.onnx.export(net, out)
+    assert (tmp_path / "big.onnx.data").exists()
+    rows = compare(net, str(out), {"data": random_input((2, 3, 8, 8))})
+    assert rows[0][2] <= 1e-4

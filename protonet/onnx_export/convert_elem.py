@@ -97,8 +97,7 @@ def power(ctx):
     if p.scale == 0 or p.power == 0:
         # NOTE(caffe): a constant fill, shift^power (1 for power 0).
         value = _f(1) if p.power == 0 else _f(p.shift) ** _f(p.power)
-        zero = ctx.op("Mul", [ctx.x[0], ctx.const(_f(0), "zero")])
-        ctx.op("Add", [zero, ctx.const(value, "fill")], top=0)
+        ctx.op("Expand", [ctx.const(value, "fill"), ctx.op("Shape", [ctx.x[0]])], top=0)
         return
     y = _affine(ctx, ctx.x[0], p.scale, p.shift)
     if p.power != 1:

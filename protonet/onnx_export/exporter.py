@@ -22,6 +22,7 @@ DEFAULT_OPSET = 17
 # Layers that no ONNX operator reproduces exactly; cut the graph before them.
 _CUT_HINT = {"DetectionOutput", "ROIPooling", "PSROIPooling", "Proposal"}
 _MAX_OPSET = 21
+_EXTERNAL_BYTES = 1 << 30
 
 
 def _selected_layers(net, outputs):
@@ -252,5 +253,18 @@ def export(net, path=None, outputs=None, opset=DEFAULT_OPSET, batch=None,
     """
     model = build_model(net, outputs, opset, batch, input_shapes)
     if path is not None:
-        onnx.save(model, str(path))
+        save(model, path)
     return model
+
+
+def save(model, path):
+    """Write `model`; weights past protobuf's 2 GB limit go to PATH.data."""
+    path = str(path)
+    size = sum(len(t.raw_data) for t in model.graph.initializer)
+    if size < _EXTERNAL_BYTES:
+        onnx.save(model, path)
+        return
+    import os
+    onnx.save_model(model, path, save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=os.path.basename(path) + ".data")

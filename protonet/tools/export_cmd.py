@@ -105,7 +105,7 @@ def run(args):
     if not args.check:
         return 0
     tol = chk.DEFAULT_TOL if args.tol is None else args.tol
-    sess = chk.session(model)
+    sess = chk.session(args.output)   # a path: also reads external weights
     run_shapes = {n: tuple(net.blobs[n].shape) for n in net.inputs}
     run_shapes.update(shapes)
     if isinstance(batch, int):
