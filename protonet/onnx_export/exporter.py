@@ -139,8 +139,10 @@ class _Exporter:
             outs.append(value_info(name, self.net.blobs[name].shape, self.dynamic))
         graph = helper.make_graph(self.g.nodes, self.net.name or "protonet",
                                   self.inputs, outs, self.g.initializers)
+        from .. import __version__
         model = helper.make_model(
-            graph, producer_name="protonet",
+            graph, producer_name="protonet", producer_version=__version__,
+            doc_string=f"Caffe net '{self.net.name}' exported by protonet",
             opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = min(model.ir_version, 10)
         return model
