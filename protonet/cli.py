@@ -417,6 +417,8 @@ TOOLS = {
              "training curves (HTML/SVG/PNG) and parse_log.py CSV from logs"),
     "zoo": ("protonet.tools.zoo_cmd",
             "list the bundled models; --out DIR writes one, ready to train"),
+    "export": ("protonet.tools.export_cmd",
+               "net + weights -> ONNX model (--check: compare in onnxruntime)"),
 }
 
 
