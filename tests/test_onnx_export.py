@@ -259,8 +259,9 @@ def test_cli_unsupported_layer_exit_code(tmp_path, capsys):
 # 32 x 32.  `python -m protonet.onnx_export.corpus_report --prototxt
 # zoo/*/deploy.prototxt` checks the VGGs at 224 x 224 too.
 ZOO_GROUPS = {
-    "small": (["lenet", "lenet_digits", "cifar10_quick", "cifar10_full", "squeezenet_v1.0",
-               "squeezenet_v1.1", "mobilenet_v1"], 32),
+    "small": (["lenet", "lenet_digits", "resnet20_digits", "cifar10_quick",
+               "cifar10_full", "squeezenet_v1.0", "squeezenet_v1.1",
+               "mobilenet_v1"], 32),
     "imagenet": (["alexnet", "caffenet", "googlenet", "nin", "resnet18", "resnet34",
                   "resnet50", "resnet101", "resnet152"], None),
     "vgg": (["vgg16", "vgg19", "vgg_a", "vgg_a_lrn", "vgg_b", "vgg_c"], 32),
