@@ -11,7 +11,9 @@ import pytest
 
 import protonet
 from caffe_ref import ROOT
+from isolated import run_isolated
 from protonet.compat import fill_random
+from protonet.layers.conv_products import ConvProducts
 from protonet.net import Net
 
 CORPUS = os.path.join(os.path.dirname(__file__), "fixtures", "corpus")
@@ -26,21 +28,10 @@ def _rel(path):
     return os.path.relpath(path, os.path.join(ROOT, "shapes"))[:-len(".json")]
 
 
-@pytest.fixture(scope="module")
-def built():
-    return {}
-
-
-def _build(rel, cache):
-    if rel not in cache:
-        cache[rel] = Net(os.path.join(CORPUS, rel), phase=protonet.TEST)
-    return cache[rel]
-
-
 @pytest.mark.parametrize("shape_file", SHAPES, ids=_rel)
-def test_corpus_net_shapes_match_caffe(shape_file, built):
+def test_corpus_net_shapes_match_caffe(shape_file):
     ref = json.load(open(shape_file))
-    net = _build(_rel(shape_file), built)
+    net = Net(os.path.join(CORPUS, _rel(shape_file)), phase=protonet.TEST)
     assert net.inputs == ref["inputs"]
     assert net.outputs == ref["outputs"]
     assert [(n, list(b.shape)) for n, b in net.blobs.items()] == \
@@ -51,7 +42,26 @@ def test_corpus_net_shapes_match_caffe(shape_file, built):
     assert [l.name for l in net.layers] == [l["name"] for l in ref["layers"]]
 
 
-def _run(rel):
+def release_scratch_as_it_runs(net):
+    """Convolutions drop their scratch buffers (columns, padding, Winograd
+    tiles; their backward needs none of them) right after their forward,
+    every layer after its backward, as memory="inference" does after
+    forward: activations, diffs and parameters stay, so the net still runs
+    forward and backward whole, but a big net's peak is its blobs plus one
+    layer's scratch instead of every layer's."""
+    layers = net.layers  # (not the net: a hook holding it would be a cycle)
+
+    def drop(i, forward):
+        if forward and not isinstance(layers[i], ConvProducts):
+            return  # e.g. Pooling's argmax, which its backward reads
+        release = getattr(layers[i], "release_buffers", None)
+        if release is not None:
+            release()
+    net.after_forward(lambda i: drop(i, True))
+    net.after_backward(lambda i: drop(i, False))
+
+
+def run_forward_backward(rel):
     param = protonet.io.read_net(os.path.join(CORPUS, rel))
     param.force_backward = True
     net = Net(param, phase=protonet.TEST)
@@ -59,6 +69,7 @@ def _run(rel):
         blob = net.blobs[name]
         blob.reshape((1,) + blob.shape[1:])
     net.reshape()
+    release_scratch_as_it_runs(net)
     # N(0, 1) inputs; unit-variance BatchNorm statistics (see fill_random).
     fill_random(net, {})
     gen = np.random.default_rng(1)
@@ -79,10 +90,11 @@ _SLOW = [s for s in _BVLC if any(b in s for b in BIG)]
 
 @pytest.mark.parametrize("shape_file", _FAST, ids=_rel)
 def test_corpus_net_runs_forward_backward(shape_file):
-    _run(_rel(shape_file))
+    run_forward_backward(_rel(shape_file))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape_file", _SLOW, ids=_rel)
 def test_big_corpus_net_runs_forward_backward(shape_file):
-    _run(_rel(shape_file))
+    # Up to a few GB each: in a child process, which returns it all.
+    run_isolated("test_corpus_nets", "run_forward_backward", _rel(shape_file))

@@ -1,0 +1,79 @@
+"""A peak-memory budget for a pytest run (loaded by tests/conftest.py).
+
+The README promises that its test command runs on an ordinary machine: at
+most 4 GB resident at any moment, in the pytest process and in every process
+it starts (they count separately, as `/usr/bin/time -v` reports them).  After
+each test this plugin reads the peak resident size of the pytest process and
+of its waited-for children (`getrusage`; Linux reports kilobytes, macOS
+bytes) and remembers the test during which each peak was first reached.  At
+the end of the session a peak over the budget fails the run (exit status 1)
+with a message naming the budget, the figure and that test.
+
+PROTONET_TEST_RSS_BUDGET_MB overrides the budget (megabytes, 10**6 bytes);
+the plugin's own tests use it to check that a run over budget does fail.
+"""
+
+import os
+import sys
+
+try:
+    import resource
+except ImportError:  # Windows: no getrusage, no check
+    resource = None
+
+BUDGET_MB = 4000  # 4 GB (10**9 bytes)
+_ENV = "PROTONET_TEST_RSS_BUDGET_MB"
+
+# [peak MB, test that first reached it] for the pytest process and children.
+_peaks = {"pytest process": [0.0, None], "child processes": [0.0, None]}
+
+
+def _budget_mb():
+    return float(os.environ.get(_ENV, BUDGET_MB))
+
+
+def peak_mb(who):
+    """Peak resident size in MB (10**6 bytes) of RUSAGE_SELF or _CHILDREN."""
+    rss = resource.getrusage(who).ru_maxrss
+    return rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6
+
+
+def _record(nodeid):
+    if resource is None:
+        return
+    for key, who in (("pytest process", resource.RUSAGE_SELF),
+                     ("child processes", resource.RUSAGE_CHILDREN)):
+        mb = peak_mb(who)
+        if mb > _peaks[key][0]:
+            _peaks[key] = [mb, nodeid]
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    _record(nodeid)
+
+
+def _over_budget():
+    budget = _budget_mb()
+    return [(key, mb, test) for key, (mb, test) in _peaks.items() if mb > budget]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _record(None)
+    if _over_budget() and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if resource is None:
+        return
+    budget = _budget_mb()
+    over = _over_budget()
+    for key, mb, test in over:
+        terminalreporter.write_line(
+            f"MEMORY BUDGET EXCEEDED: peak resident size of the {key} "
+            f"{mb:.0f} MB > budget {budget:.0f} MB (first reached during "
+            f"{test or 'session start/finish'})", red=True, bold=True)
+    if not over:
+        figures = ", ".join(f"{key} {mb:.0f} MB" for key, (mb, _) in _peaks.items())
+        terminalreporter.write_line(
+            f"peak resident size: {figures} (budget {budget:.0f} MB)")
