@@ -1,0 +1,83 @@
+"""tests/memory_guard.py: a run whose peak resident size (in the pytest
+process or in a child it waited for) passes the budget fails, naming the
+budget, the figure and the test that reached it; a run within it passes."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+resource = pytest.importorskip("resource", reason="getrusage is POSIX-only")
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+CONFTEST = f"""
+import sys
+sys.path.insert(0, {TESTS!r})
+from memory_guard import (pytest_runtest_logfinish, pytest_sessionfinish,
+                          pytest_terminal_summary)
+"""
+
+# Touches 300 MB (np.ones writes every page) in the pytest process, or in a
+# child process, or nothing.
+CASES = """
+import subprocess, sys
+import numpy as np
+
+def test_big_in_process():
+    assert np.ones(300 * 10**6 // 8).sum() > 0
+
+def test_big_in_child():
+    subprocess.run([sys.executable, "-c",
+                    "import numpy as np; np.ones(300 * 10**6 // 8).sum()"],
+                   check=True)
+
+def test_small():
+    assert np.ones(10).sum() == 10
+"""
+
+
+def _pytest(tmp_path, budget_mb, *select):
+    (tmp_path / "conftest.py").write_text(CONFTEST)
+    (tmp_path / "test_cases.py").write_text(CASES)
+    env = dict(os.environ, PROTONET_TEST_RSS_BUDGET_MB=str(budget_mb))
+    args = [f"test_cases.py::{name}" for name in select]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _figure(out, who):
+    m = re.search(rf"peak resident size of the {who} (\d+) MB > budget 200 MB "
+                  r"\(first reached during test_cases.py::(\w+)\)", out)
+    assert m, out
+    return int(m.group(1)), m.group(2)
+
+
+def test_peak_in_the_pytest_process_over_budget_fails_the_run(tmp_path):
+    code, out = _pytest(tmp_path, 200, "test_small", "test_big_in_process")
+    assert code == 1, out
+    assert "2 passed" in out
+    mb, test = _figure(out, "pytest process")
+    assert mb >= 300 and test == "test_big_in_process"
+
+
+def test_peak_in_a_child_process_over_budget_fails_the_run(tmp_path):
+    code, out = _pytest(tmp_path, 200, "test_small", "test_big_in_child")
+    assert code == 1, out
+    mb, test = _figure(out, "child processes")
+    assert mb >= 300 and test == "test_big_in_child"
+    assert "pytest process" not in out.split("MEMORY BUDGET EXCEEDED")[-1].split("\n")[0]
+
+
+def test_run_within_budget_passes_and_reports_its_peak(tmp_path):
+    code, out = _pytest(tmp_path, 200, "test_small")
+    assert code == 0, out
+    m = re.search(r"peak resident size: pytest process (\d+) MB, child processes "
+                  r"(\d+) MB \(budget 200 MB\)", out)
+    assert m and 0 < int(m.group(1)) < 200, out
+    assert "EXCEEDED" not in out
+
