@@ -9,6 +9,7 @@ of the run (tests/memory_guard.py holds both to the suite's budget).
 or any module on the test run's path) in a new interpreter, calls
 ``function(*args)`` there (JSON-able arguments) and fails the calling test
 with the child's traceback when the call raises or the process dies.
+``release_scratch_as_it_runs(net)`` lowers such a net's own peak.
 """
 
 import json
@@ -16,6 +17,8 @@ import subprocess
 import sys
 
 import pytest
+
+from protonet.layers.conv_products import ConvProducts
 
 _CHILD = """
 import json, resource, sys, traceback
@@ -57,3 +60,24 @@ def run_isolated(module, function, *args, timeout=900):
         pytest.fail(f"{what} failed in its child process ({status}):\n"
                     f"{done.stderr}{done.stdout}", pytrace=False)
     return int(lines[-1].split()[1])
+
+
+def release_scratch_as_it_runs(net):
+    """Convolutions drop their scratch buffers (columns, padding, Winograd
+    tiles; their backward needs none of them) right after their forward,
+    every layer after its backward, as memory="inference" does after
+    forward: activations, diffs and parameters stay, so the net still runs
+    forward and backward whole, but a big net's peak is its blobs plus one
+    layer's scratch instead of every layer's.  (With hooks, the net runs
+    its layers one at a time: no batch split, which a batch of one never
+    uses anyway.)"""
+    layers = net.layers  # (not the net: a hook holding it would be a cycle)
+
+    def drop(i, forward):
+        if forward and not isinstance(layers[i], ConvProducts):
+            return  # e.g. Pooling's argmax, which its backward reads
+        release = getattr(layers[i], "release_buffers", None)
+        if release is not None:
+            release()
+    net.after_forward(lambda i: drop(i, True))
+    net.after_backward(lambda i: drop(i, False))

@@ -11,9 +11,8 @@ import pytest
 
 import protonet
 from caffe_ref import ROOT
-from isolated import run_isolated
+from isolated import release_scratch_as_it_runs, run_isolated
 from protonet.compat import fill_random
-from protonet.layers.conv_products import ConvProducts
 from protonet.net import Net
 
 CORPUS = os.path.join(os.path.dirname(__file__), "fixtures", "corpus")
@@ -40,25 +39,6 @@ def test_corpus_net_shapes_match_caffe(shape_file):
            for p in ref["params"]]
     assert got == [(p["layer"], p["index"], p["shape"]) for p in ref["params"]]
     assert [l.name for l in net.layers] == [l["name"] for l in ref["layers"]]
-
-
-def release_scratch_as_it_runs(net):
-    """Convolutions drop their scratch buffers (columns, padding, Winograd
-    tiles; their backward needs none of them) right after their forward,
-    every layer after its backward, as memory="inference" does after
-    forward: activations, diffs and parameters stay, so the net still runs
-    forward and backward whole, but a big net's peak is its blobs plus one
-    layer's scratch instead of every layer's."""
-    layers = net.layers  # (not the net: a hook holding it would be a cycle)
-
-    def drop(i, forward):
-        if forward and not isinstance(layers[i], ConvProducts):
-            return  # e.g. Pooling's argmax, which its backward reads
-        release = getattr(layers[i], "release_buffers", None)
-        if release is not None:
-            release()
-    net.after_forward(lambda i: drop(i, True))
-    net.after_backward(lambda i: drop(i, False))
 
 
 def run_forward_backward(rel):
