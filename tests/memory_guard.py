@@ -11,8 +11,17 @@ with a message naming the budget, the figure and that test.
 
 PROTONET_TEST_RSS_BUDGET_MB overrides the budget (megabytes, 10**6 bytes);
 the plugin's own tests use it to check that a run over budget does fail.
+
+Memory a test has freed can stay with the C allocator: glibc keeps freed
+blocks in its arenas (one per thread that allocated, and protonet's worker
+threads allocate) and returns them only from the top of each heap.  After a
+test that leaves more than TRIM_ABOVE_MB resident, the plugin asks it to
+give them back (malloc_trim), so that one test's peak is its own and not
+its own plus what earlier tests left behind.  The peaks themselves are
+the kernel's high-water marks, which no trimming lowers.
 """
 
+import ctypes
 import os
 import sys
 
@@ -22,7 +31,13 @@ except ImportError:  # Windows: no getrusage, no check
     resource = None
 
 BUDGET_MB = 4000  # 4 GB (10**9 bytes)
+TRIM_ABOVE_MB = 256
 _ENV = "PROTONET_TEST_RSS_BUDGET_MB"
+
+try:  # glibc only (Linux); elsewhere nothing to trim
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (OSError, AttributeError, TypeError):
+    _malloc_trim = None
 
 # [peak MB, test that first reached it] for the pytest process and children.
 _peaks = {"pytest process": [0.0, None], "child processes": [0.0, None]}
@@ -48,8 +63,19 @@ def _record(nodeid):
             _peaks[key] = [mb, nodeid]
 
 
+def _resident_mb():
+    """Resident size now (Linux /proc), or 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def pytest_runtest_logfinish(nodeid, location):
     _record(nodeid)
+    if _malloc_trim is not None and _resident_mb() > TRIM_ABOVE_MB:
+        _malloc_trim(0)
 
 
 def _over_budget():
