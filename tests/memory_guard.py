@@ -9,6 +9,10 @@ bytes) and remembers the test during which each peak was first reached.  At
 the end of the session a peak over the budget fails the run (exit status 1)
 with a message naming the budget, the figure and that test.
 
+Linux starts a program's peak at the resident size of the process that
+started it (the forked copy it replaced), so a child's figure is never below
+pytest's own at the time: conservative, and both must stay within budget.
+
 PROTONET_TEST_RSS_BUDGET_MB overrides the budget (megabytes, 10**6 bytes);
 the plugin's own tests use it to check that a run over budget does fail.
 

@@ -39,14 +39,20 @@ def test_small():
 """
 
 
+# Linux starts a new program's peak at the resident size of the process that
+# started it (the copy it was forked as), so the pytest under test is started
+# by a small Python, not by this (possibly big) pytest process.
+LAUNCH = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
+
+
 def _pytest(tmp_path, budget_mb, *select):
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_cases.py").write_text(CASES)
     env = dict(os.environ, PROTONET_TEST_RSS_BUDGET_MB=str(budget_mb))
     args = [f"test_cases.py::{name}" for name in select]
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           *args], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", LAUNCH, sys.executable, "-m", "pytest",
+                           "-q", "-p", "no:cacheprovider", *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
     return done.returncode, done.stdout + done.stderr
 
 
