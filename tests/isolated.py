@@ -21,7 +21,7 @@ import pytest
 from protonet.layers.conv_products import ConvProducts
 
 _CHILD = """
-import json, resource, sys, traceback
+import json, sys, traceback
 sys.path[:0] = {path!r}
 module, function, args = json.loads(sys.argv[1])
 try:
@@ -29,7 +29,12 @@ try:
 except BaseException:
     traceback.print_exc()
     sys.exit(1)
-print("peak-rss-kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+try:
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+except ImportError:  # Windows
+    peak = 0
+print("peak-rss-kb", peak)
 """
 
 
@@ -38,7 +43,7 @@ def run_isolated(module, function, *args, timeout=900):
 
     Returns:
         int: the child's peak resident size in kilobytes (as Linux reports
-        ``ru_maxrss``).
+        ``ru_maxrss``; 0 where unknown).
 
     Fails the running test (``pytest.fail``) with the child's traceback and
     output when the call raises, the child exits otherwise than normally
