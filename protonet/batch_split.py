@@ -37,6 +37,7 @@ whole, as before.  PROTONET_BATCH_SPLIT=0 turns splitting off.
 """
 
 import os
+import weakref
 
 from . import threads
 from .blob import Blob
@@ -86,7 +87,10 @@ class BatchSplitter:
     """Runs a net's batch-separable layers as per-worker clones."""
 
     def __init__(self, net):
-        self.net = net
+        # A proxy, not a reference: the net owns its splitter, and a cycle
+        # would keep a dropped net's blobs alive until a full garbage
+        # collection (Python counts objects, not bytes, to start one).
+        self.net = weakref.proxy(net)
         self._clones = {}  # layer index -> list of clone layers
 
     def active(self):

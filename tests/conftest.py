@@ -18,3 +18,7 @@ if settings is not None:
     settings.register_profile("ci", derandomize=True)
     if os.environ.get("CI"):
         settings.load_profile("ci")
+
+# The peak-memory budget of a run (README: at most 4 GB): see memory_guard.py.
+from memory_guard import (pytest_runtest_logfinish, pytest_sessionfinish,  # noqa: E402,F401
+                          pytest_terminal_summary)

@@ -12,6 +12,8 @@ from protonet.errors import LayerError, ProtonetError
 from protonet.proto import caffe_pb2
 from protonet.testing import check_gradient
 
+from isolated import release_scratch_as_it_runs, run_isolated
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 ROWS = {r["local_path"]: r for r in compat.manifest()}
@@ -35,23 +37,35 @@ def _finite_outputs(net):
         assert np.all(np.isfinite(net.blobs[name].data)), name
 
 
-def _run_deploy(rel):
+# PSPNet's activations at 513 x 513 take 3.7 GB: it runs forward as
+# memory="inference" does (each activation dropped after its last reader).
+INFERENCE_MODE = ("pspnet",)
+
+
+def run_deploy(rel, low_memory=False):
     net, kinds = compat.build_corpus(rel, protonet.TEST)
+    if low_memory:
+        release_scratch_as_it_runs(net)
     assert all(net.blobs[n].shape[0] == 1 for n in net.inputs)
-    compat.run(net, kinds, backward=False)
+    if low_memory and any(b in rel for b in INFERENCE_MODE):
+        compat.fill_random(net, kinds)
+        net.forward_from_to(release=True)
+    else:
+        compat.run(net, kinds, backward=False)
     _finite_outputs(net)
     assert net.outputs
 
 
 @pytest.mark.parametrize("rel", [r for r in DEPLOY if not _big(r)])
 def test_deploy_net_runs_forward(rel):
-    _run_deploy(rel)
+    run_deploy(rel)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rel", [r for r in DEPLOY if _big(r)])
 def test_big_deploy_net_runs_forward(rel):
-    _run_deploy(rel)
+    # Up to a few GB each: in a child process, which returns it all.
+    run_isolated("test_corpus_compat", "run_deploy", rel, True)
 
 
 @pytest.mark.parametrize("phase", [protonet.TRAIN, protonet.TEST], ids=["TRAIN", "TEST"])
@@ -63,9 +77,11 @@ def test_big_train_val_net_builds(rel, phase):
     assert set(kinds) & set(net.blobs)
 
 
-def _run_train(rel):
+def run_train(rel, low_memory=False):
     for phase in (protonet.TRAIN, protonet.TEST):
         net, kinds = compat.build_corpus(rel, phase)
+        if low_memory:
+            release_scratch_as_it_runs(net)
         compat.run(net, kinds, backward=phase == protonet.TRAIN)
         _finite_outputs(net)
         if phase == protonet.TRAIN:
@@ -73,17 +89,18 @@ def _run_train(rel):
             learned = [b for l in net.layers for b, on in
                        zip(l.blobs, l.param_propagate_down) if on]
             assert any(np.any(b.diff != 0) for b in learned)
+        del net, kinds  # before the next phase's net
 
 
 @pytest.mark.parametrize("rel", [r for r in TRAIN_VAL if not _big(r)])
 def test_train_val_net_runs_forward_backward(rel):
-    _run_train(rel)
+    run_train(rel)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rel", [r for r in TRAIN_VAL if _big(r)])
 def test_big_train_val_net_runs_forward_backward(rel):
-    _run_train(rel)
+    run_isolated("test_corpus_compat", "run_train", rel, True)
 
 
 @pytest.mark.parametrize("rel", PYTHON)

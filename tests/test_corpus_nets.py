@@ -11,6 +11,7 @@ import pytest
 
 import protonet
 from caffe_ref import ROOT
+from isolated import release_scratch_as_it_runs, run_isolated
 from protonet.compat import fill_random
 from protonet.net import Net
 
@@ -26,21 +27,10 @@ def _rel(path):
     return os.path.relpath(path, os.path.join(ROOT, "shapes"))[:-len(".json")]
 
 
-@pytest.fixture(scope="module")
-def built():
-    return {}
-
-
-def _build(rel, cache):
-    if rel not in cache:
-        cache[rel] = Net(os.path.join(CORPUS, rel), phase=protonet.TEST)
-    return cache[rel]
-
-
 @pytest.mark.parametrize("shape_file", SHAPES, ids=_rel)
-def test_corpus_net_shapes_match_caffe(shape_file, built):
+def test_corpus_net_shapes_match_caffe(shape_file):
     ref = json.load(open(shape_file))
-    net = _build(_rel(shape_file), built)
+    net = Net(os.path.join(CORPUS, _rel(shape_file)), phase=protonet.TEST)
     assert net.inputs == ref["inputs"]
     assert net.outputs == ref["outputs"]
     assert [(n, list(b.shape)) for n, b in net.blobs.items()] == \
@@ -51,7 +41,7 @@ def test_corpus_net_shapes_match_caffe(shape_file, built):
     assert [l.name for l in net.layers] == [l["name"] for l in ref["layers"]]
 
 
-def _run(rel):
+def run_forward_backward(rel):
     param = protonet.io.read_net(os.path.join(CORPUS, rel))
     param.force_backward = True
     net = Net(param, phase=protonet.TEST)
@@ -59,6 +49,7 @@ def _run(rel):
         blob = net.blobs[name]
         blob.reshape((1,) + blob.shape[1:])
     net.reshape()
+    release_scratch_as_it_runs(net)
     # N(0, 1) inputs; unit-variance BatchNorm statistics (see fill_random).
     fill_random(net, {})
     gen = np.random.default_rng(1)
@@ -79,10 +70,11 @@ _SLOW = [s for s in _BVLC if any(b in s for b in BIG)]
 
 @pytest.mark.parametrize("shape_file", _FAST, ids=_rel)
 def test_corpus_net_runs_forward_backward(shape_file):
-    _run(_rel(shape_file))
+    run_forward_backward(_rel(shape_file))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("shape_file", _SLOW, ids=_rel)
 def test_big_corpus_net_runs_forward_backward(shape_file):
-    _run(_rel(shape_file))
+    # Up to a few GB each: in a child process, which returns it all.
+    run_isolated("test_corpus_nets", "run_forward_backward", _rel(shape_file))

@@ -417,17 +417,31 @@ class ConvProducts:
         dW = self._weights(self.blobs[0].diff)
         img, col = self._img(img), self._col(col)
         acc, parts = self._accumulators(dW.shape)
+        # A weight gradient larger than an image's columns (FCN-8s fc6: 411
+        # MB against 25 MB) takes the image's columns whole: per block of
+        # rows, every GEMM would write the whole product again, and every
+        # thread would keep its own partial sum of it.
+        rows = self.col_shape[0] if dW.size >= self.img_channels * int(
+            np.prod(self.kernel) * np.prod(self.col_shape)) else self._rows
 
         def add(s, cols, flat, worker):
-            acc(worker)[...] += np.matmul(
-                col[s][..., flat], cols.transpose(0, 1, 3, 2)).sum(axis=0)
+            dy, xt = col[s][..., flat], cols.transpose(0, 1, 3, 2)
+            if len(dy) > 1:
+                acc(worker)[...] += np.matmul(dy, xt).sum(axis=0)
+            elif worker in parts:
+                parts[worker] += np.matmul(dy[0], xt[0])
+            else:
+                # A worker's first product, of one image, is its partial
+                # sum: written in place, no temporary of the weights' size.
+                parts[worker] = self._buf("acc", worker, dW.shape)
+                np.matmul(dy[0], xt[0], out=parts[worker])
         if self.is_1x1:
             self._run([partial(lambda s, w: add(s, img[s].reshape(
                 -1, self.group, dW.shape[2], col.shape[-1]), slice(None), w),
                 s) for s in self._parts()])
         else:
             self._for_blocks(img, self.kernel, self.stride, self.pad,
-                             self.col_shape, self._rows, "pad_in", add)
+                             self.col_shape, rows, "pad_in", add)
         for a in parts.values():
             dW += a
 
