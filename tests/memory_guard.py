@@ -104,6 +104,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"{mb:.0f} MB > budget {budget:.0f} MB (first reached during "
             f"{test or 'session start/finish'})", red=True, bold=True)
     if not over:
-        figures = ", ".join(f"{key} {mb:.0f} MB" for key, (mb, _) in _peaks.items())
+        figures = ", ".join(f"{key} {mb:.0f} MB" + (f" ({test})" if test else "")
+                            for key, (mb, test) in _peaks.items())
         terminalreporter.write_line(
-            f"peak resident size: {figures} (budget {budget:.0f} MB)")
+            f"peak resident size: {figures}; budget {budget:.0f} MB")

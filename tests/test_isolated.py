@@ -3,6 +3,7 @@ calling test as it would in process, with the child's traceback."""
 
 import os
 import signal
+import sys
 
 import numpy as np
 import pytest
@@ -35,6 +36,7 @@ def test_a_failing_check_fails_the_test_with_the_childs_traceback():
     assert 'in fails_with' in msg
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no signals on Windows")
 def test_a_dying_child_fails_the_test_naming_the_signal():
     with pytest.raises(pytest.fail.Exception, match="killed by signal 9"):
         run_isolated("test_isolated", "dies")

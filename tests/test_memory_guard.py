@@ -78,8 +78,8 @@ def test_peaks_over_budget_fail_the_run_naming_their_tests(tmp_path):
 def test_run_within_budget_passes_and_reports_its_peak(tmp_path):
     code, out = _pytest(tmp_path, 200, "test_small")
     assert code == 0, out
-    m = re.search(r"peak resident size: pytest process (\d+) MB, child processes "
-                  r"(\d+) MB \(budget 200 MB\)", out)
+    m = re.search(r"peak resident size: pytest process (\d+) MB \(test_cases.py::"
+                  r"test_small\), child processes (\d+) MB; budget 200 MB", out)
     assert m and 0 < int(m.group(1)) < 200, out
     assert "EXCEEDED" not in out
 
