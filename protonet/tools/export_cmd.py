@@ -80,7 +80,7 @@ def _load_inputs(specs, net):
             raise ProtonetError(f"--input {spec!r}: '{name}' is not an input "
                                 f"(inputs: {', '.join(net.inputs)})")
         try:
-            arrays[name] = np.load(path).astype(np.float32)
+            arrays[name] = np.load(path, allow_pickle=False).astype(np.float32)
         except (OSError, ValueError) as e:
             raise ProtonetError(f"--input {path}: cannot read a .npy array: {e}") from e
     return arrays
