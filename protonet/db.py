@@ -89,42 +89,56 @@ def lmdb_error(path, e, key=None):
                      "the database corrupted?)")
 
 
-# py-lmdb refuses to open one environment twice in a process, yet a train
-# and a test net (or two nets) may read the same database: share it.
-_ENVS = {}
-# Re-entrant: a Cursor collected (its __del__ releases its env) while this
-# thread holds the lock, e.g. during the page check, must not deadlock.
-_ENVS_LOCK = threading.RLock()
+class SharedHandles:
+    """Open database handles shared by path, with a count of users.
+
+    py-lmdb refuses to open one environment twice in a process (LevelDB
+    locks its folder), yet a train and a test net, or two nets, may read
+    the same database.  `acquire(path)` opens it on first use with
+    `open_fn(path)`; `release(path)` closes it when its last user is done.
+    The lock is re-entrant: a Cursor collected (its __del__ releases its
+    handle) while this thread holds the lock, e.g. during LMDB's page check,
+    must not deadlock.
+    """
+
+    def __init__(self, open_fn):
+        self.open_fn = open_fn
+        self.entries = {}       # real path -> [handle, users]
+        self.lock = threading.RLock()
+
+    def acquire(self, path):
+        real = os.path.realpath(path)
+        with self.lock:
+            entry = self.entries.get(real)
+            if entry is None:
+                entry = self.entries[real] = [self.open_fn(path), 0]
+            entry[1] += 1
+            return entry[0]
+
+    def release(self, path):
+        real = os.path.realpath(path)
+        with self.lock:
+            entry = self.entries.get(real)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self.entries[real]
+                entry[0].close()
 
 
-def _acquire_env(path):
+def _open_env(path):
     lmdb = require_lmdb()
-    real = os.path.realpath(path)
-    with _ENVS_LOCK:
-        entry = _ENVS.get(real)
-        if entry is None:
-            check_data_file(path)     # no SIGBUS / abort in LMDB
-            try:
-                env = lmdb.open(path, readonly=True, lock=False,
-                                readahead=False, max_readers=512)
-            except lmdb.Error as e:
-                raise DataError(f"{path}: cannot open LMDB database: {e}") \
-                    from None
-            entry = _ENVS[real] = [env, 0]
-        entry[1] += 1
-        return entry[0]
+    check_data_file(path)     # no SIGBUS / abort in LMDB
+    try:
+        return lmdb.open(path, readonly=True, lock=False, readahead=False,
+                         max_readers=512)
+    except lmdb.Error as e:
+        raise DataError(f"{path}: cannot open LMDB database: {e}") from None
 
 
-def _release_env(path):
-    real = os.path.realpath(path)
-    with _ENVS_LOCK:
-        entry = _ENVS.get(real)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del _ENVS[real]
-            entry[0].close()
+_ENVS = SharedHandles(_open_env)
+_acquire_env, _release_env = _ENVS.acquire, _ENVS.release
 
 
 class Cursor:

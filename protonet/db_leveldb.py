@@ -15,8 +15,8 @@ counted.
 """
 
 import os
-import threading
 
+from .db import SharedHandles
 from .errors import DataError, ProtonetError
 
 _COMMIT_EVERY = 1000
@@ -38,44 +38,24 @@ def require_plyvel():
     return plyvel
 
 
-_DBS = {}
-_DBS_LOCK = threading.Lock()
-
-
-def _acquire(path):
+def _open(path):
     plyvel = require_plyvel()
     if not os.path.isdir(path):
         raise DataError(f"{path}: no such LevelDB database (expected a "
                         "folder holding CURRENT and *.ldb files)")
-    real = os.path.realpath(path)
-    with _DBS_LOCK:
-        entry = _DBS.get(real)
-        if entry is None:
-            try:
-                handle = plyvel.DB(path, create_if_missing=False, **_OPTIONS)
-            except (plyvel.Error, OSError) as e:
-                hint = ""
-                if os.path.exists(os.path.join(path, "data.mdb")):
-                    hint = (" (it holds data.mdb: an LMDB database; set "
-                            "`backend: LMDB`, data_param's default being "
-                            "LEVELDB)")
-                raise DataError(f"{path}: cannot open LevelDB database: "
-                                f"{e}{hint}") from None
-            entry = _DBS[real] = [handle, 0]
-        entry[1] += 1
-        return entry[0]
+    try:
+        return plyvel.DB(path, create_if_missing=False, **_OPTIONS)
+    except (plyvel.Error, OSError) as e:
+        hint = ""
+        if os.path.exists(os.path.join(path, "data.mdb")):
+            hint = (" (it holds data.mdb: an LMDB database; set "
+                    "`backend: LMDB`, data_param's default being LEVELDB)")
+        raise DataError(f"{path}: cannot open LevelDB database: {e}{hint}") \
+            from None
 
 
-def _release(path):
-    real = os.path.realpath(path)
-    with _DBS_LOCK:
-        entry = _DBS.get(real)
-        if entry is None:
-            return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del _DBS[real]
-            entry[0].close()
+_DBS = SharedHandles(_open)
+_acquire, _release = _DBS.acquire, _DBS.release
 
 
 class Cursor:
