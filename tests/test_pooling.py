@@ -416,3 +416,19 @@ def test_forward_only_skips_the_argmax_and_net_refuses_backward(tmp_path):
         net.backward_from_to()
     net.forward_from_to(release=False)
     net.backward_from_to()
+
+
+def test_stochastic_test_phase_with_windows_cut_by_the_input_end():
+    """5x5 input, 2x2 windows at stride 2: the last row and column of
+    windows hold one input cell (Caffe clips them).  The padded copy used
+    to be read before it was ever made (AttributeError '_xp')."""
+    x = np.random.default_rng(4).uniform(0.5, 2.0, (1, 2, 5, 5))
+    layer, bottom, top = make_layer(
+        pool_text("STOCHASTIC", "kernel_size: 2 stride: 2"), [x])
+    layer.forward(bottom, top)
+    want = np.zeros((1, 2, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            w = x[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2]
+            want[:, :, i, j] = (w * w).sum((2, 3)) / w.sum((2, 3))
+    np.testing.assert_allclose(top[0].data, want, rtol=1e-12)

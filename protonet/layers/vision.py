@@ -176,8 +176,8 @@ class PoolingLayer(Layer):
                               max(pw + W, (PW - 1) * sw + kw))
         self._direct = self.global_pooling or \
             self._padded_shape[2:] == (H, W)
-        if getattr(self, "_xp", None) is not None and \
-                self._xp.shape != self._padded_shape:
+        xp = getattr(self, "_xp", None)
+        if xp is None or xp.shape != self._padded_shape:
             self._xp = None
         self._taps = self._clipped_taps(H, W)
         # Blocks of whole (n, c) planes, about BLOCK_BYTES of bottom each.
