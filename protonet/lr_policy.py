@@ -160,6 +160,30 @@ class Plateau:
         self.reductions += 1
         return True
 
+    def observe_results(self, results, it, where="<solver>"):
+        """Take a test pass's scores (the solver's test_results: one dict
+        of output -> values per test net); logs a reduction as Caffe logs
+        its rates."""
+        if self.test_net >= len(results):
+            raise SolverError(f"{where}: plateau_param.test_net: "
+                              f"{self.test_net}, but the solver has "
+                              f"{len(results)} test net(s)")
+        outputs = results[self.test_net]
+        if self.monitor not in outputs:
+            raise SolverError(f"{where}: plateau_param.monitor: test net "
+                              f"#{self.test_net} has no output "
+                              f"'{self.monitor}' (outputs: "
+                              f"{', '.join(outputs) or 'none'})")
+        old = self.rate
+        if self.observe(float(np.mean(outputs[self.monitor]))):
+            from . import caffelog
+            caffelog.info(f"Iteration {it}, plateau: {self.monitor} did not "
+                          f"improve for {self.patience} test passes (best "
+                          f"{caffelog.format_number(self.best)}); lr "
+                          f"{caffelog.format_number(old)} -> "
+                          f"{caffelog.format_number(self.rate)}",
+                          "sgd_solver.cpp:106")
+
     def state(self):
         """What an exact resume needs (JSON-friendly)."""
         return {"rate": self.rate, "best": self.best, "bad": self.bad,

@@ -369,26 +369,9 @@ class Solver:
 
     def _observe_plateau(self):
         """lr_policy 'plateau': feed it the monitored test output."""
-        pl = self.plateau
-        if pl is None or not self.test_results:
-            return
-        if pl.test_net >= len(self.test_results):
-            raise SolverError(f"{self.where}: plateau_param.test_net: "
-                              f"{pl.test_net}, but the solver has "
-                              f"{len(self.test_nets)} test net(s)")
-        outputs = self.test_results[pl.test_net]
-        if pl.monitor not in outputs:
-            raise SolverError(f"{self.where}: plateau_param.monitor: test net "
-                              f"#{pl.test_net} has no output '{pl.monitor}' "
-                              f"(outputs: {', '.join(outputs) or 'none'})")
-        old = pl.rate
-        if pl.observe(float(np.mean(outputs[pl.monitor]))):
-            caffelog.info(f"Iteration {self.iter}, plateau: {pl.monitor} did "
-                          f"not improve for {pl.patience} test passes (best "
-                          f"{caffelog.format_number(pl.best)}); lr "
-                          f"{caffelog.format_number(old)} -> "
-                          f"{caffelog.format_number(pl.rate)}",
-                          "sgd_solver.cpp:106")
+        if self.plateau is not None and self.test_results:
+            self.plateau.observe_results(self.test_results, self.iter,
+                                         self.where)
 
     def share_trained_layers(self, test_net):
         """Make `test_net`'s parameters views of the train net's, by layer
@@ -578,21 +561,10 @@ class Solver:
         current_step, history, the weights it names, and (when protonet's
         sidecar JSON is there) the RNG and data-reader positions."""
         state_file = str(state_file)
-        if state_file.endswith(".h5"):
-            from ..hdf5 import read_solverstate
-            st = read_solverstate(state_file)
-            history = st["history"]
-            it, learned, step = st["iter"], st["learned_net"], st["current_step"]
-        else:
-            st = _io.read_solverstate(state_file)
-            history = [_io.blob_to_array(b, state_file, f"history blob {i}")
-                       for i, b in enumerate(st.history)]
-            it, step = st.iter, st.current_step
-            learned = st.learned_net if st.HasField("learned_net") else None
-        _snap.check_resumed_state(state_file, int(it), int(step),
-                                  self.param.max_iter)
+        it, step, history, learned = _snap.read_state(state_file,
+                                                      self.param.max_iter)
         # Read and check the sidecar before anything is changed.
-        data = _snap.read_sidecar(state_file + SIDECAR_SUFFIX, int(it))
+        data = _snap.read_sidecar(state_file + SIDECAR_SUFFIX, it)
         if len(history) != len(self.history):
             raise SolverError(f"{state_file}: holds {len(history)} history "
                               f"blob(s) but this {self.type_name} solver keeps "
@@ -604,15 +576,8 @@ class Solver:
                                   f"{h.shape}, expected {mine.shape}")
             mine[...] = h.reshape(mine.shape)
         if learned:
-            if not os.path.exists(learned):
-                alt = os.path.join(os.path.dirname(state_file),
-                                   os.path.basename(learned))
-                if not os.path.exists(alt):
-                    raise SolverError(f"{state_file}: learned_net '{learned}'"
-                                      " not found")
-                learned = alt
-            self.net.copy_from(learned)
-        self.iter, self.current_step = int(it), int(step)
+            self.net.copy_from(_snap.learned_net_path(state_file, learned))
+        self.iter, self.current_step = it, step
         self.last_snapshot = state_file     # on disk and known good
         if data is not None:
             from ..sidecar_schema import apply_sidecar

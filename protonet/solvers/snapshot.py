@@ -199,6 +199,35 @@ def check_resumed_state(state_file, it, step, max_iter):
                           f"{step}")
 
 
+def read_state(state_file, max_iter):
+    """(iter, current_step, history arrays, learned_net or None) of a
+    .solverstate or .solverstate.h5, its counters checked."""
+    if state_file.endswith(".h5"):
+        from ..hdf5 import read_solverstate
+        st = read_solverstate(state_file)
+        history = st["history"]
+        it, learned, step = st["iter"], st["learned_net"], st["current_step"]
+    else:
+        st = _io.read_solverstate(state_file)
+        history = [_io.blob_to_array(b, state_file, f"history blob {i}")
+                   for i, b in enumerate(st.history)]
+        it, step = st.iter, st.current_step
+        learned = st.learned_net if st.HasField("learned_net") else None
+    check_resumed_state(state_file, int(it), int(step), max_iter)
+    return int(it), int(step), history, learned
+
+
+def learned_net_path(state_file, learned):
+    """The weights a solverstate names: as written, else beside the state
+    file (a snapshot folder that was moved)."""
+    if os.path.exists(learned):
+        return learned
+    alt = os.path.join(os.path.dirname(state_file), os.path.basename(learned))
+    if not os.path.exists(alt):
+        raise SolverError(f"{state_file}: learned_net '{learned}' not found")
+    return alt
+
+
 def read_sidecar(side, it):
     """The sidecar's JSON (None when there is none), checked to belong to
     the solverstate of iteration `it`."""
