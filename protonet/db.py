@@ -369,23 +369,12 @@ def datum_to_array(datum, path="<db>", key=b"", color=None):
 # Writing
 
 
-class Writer:
-    """Create a NEW LMDB database and put records, committing every 1000
-    (as Caffe's tools).  Use as a context manager or call `close()`."""
+class BatchedWriter:
+    """Records put into a new database, written in batches of 1000 (as
+    Caffe's tools commit).  A backend provides `handle`, `_write(pairs)`
+    and `_close()`; use it as a context manager or call `close()`."""
 
-    def __init__(self, path, map_size=1 << 30):
-        self._lmdb = require_lmdb()
-        self.path = os.fspath(path)
-        if os.path.exists(self.path):
-            raise DataError(f"{self.path}: already exists; Caffe's tools "
-                            "create a new database (remove it first)")
-        # NOTE(caffe): the database is a folder, made like Caffe's mkdir.
-        os.makedirs(self.path)
-        try:
-            self.env = self._lmdb.open(self.path, map_size=map_size)
-        except self._lmdb.Error as e:
-            raise lmdb_error(self.path, e) from None
-        self.pending = []
+    handle = None
 
     def put(self, key, value):
         if isinstance(key, str):
@@ -397,28 +386,56 @@ class Writer:
             self.commit()
 
     def commit(self):
-        while True:
-            try:
-                with self.env.begin(write=True) as txn:
-                    for k, v in self.pending:
-                        txn.put(k, v)
-                break
-            except self._lmdb.MapFullError:
-                # NOTE(caffe): db_lmdb.cpp doubles the map size when full.
-                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+        self._write(self.pending)
         self.pending = []
 
     def close(self):
-        if self.env is not None:
+        if self.handle is not None:
             self.commit()
-            self.env.close()
-            self.env = None
+            self._close()
+            self.handle = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+    @staticmethod
+    def refuse_existing(path):
+        if os.path.exists(path):
+            raise DataError(f"{path}: already exists; Caffe's tools "
+                            "create a new database (remove it first)")
+
+
+class Writer(BatchedWriter):
+    """Create a NEW LMDB database and put records (see BatchedWriter)."""
+
+    def __init__(self, path, map_size=1 << 30):
+        self._lmdb = require_lmdb()
+        self.path = os.fspath(path)
+        self.refuse_existing(self.path)
+        # NOTE(caffe): the database is a folder, made like Caffe's mkdir.
+        os.makedirs(self.path)
+        try:
+            self.handle = self._lmdb.open(self.path, map_size=map_size)
+        except self._lmdb.Error as e:
+            raise lmdb_error(self.path, e) from None
+        self.pending = []
+
+    def _write(self, pairs):
+        while True:
+            try:
+                with self.handle.begin(write=True) as txn:
+                    for k, v in pairs:
+                        txn.put(k, v)
+                return
+            except self._lmdb.MapFullError:
+                # NOTE(caffe): db_lmdb.cpp doubles the map size when full.
+                self.handle.set_mapsize(self.handle.info()["map_size"] * 2)
+
+    def _close(self):
+        self.handle.close()
 
 
 def write_datums(path, items):

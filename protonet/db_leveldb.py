@@ -16,10 +16,9 @@ counted.
 
 import os
 
-from .db import SharedHandles
+from .db import BatchedWriter, SharedHandles
 from .errors import DataError, ProtonetError
 
-_COMMIT_EVERY = 1000
 _OPTIONS = dict(block_size=65536, write_buffer_size=268435456,
                 max_open_files=100)
 
@@ -133,47 +132,28 @@ def read_items(path):
         _release(path)
 
 
-class Writer:
-    """Create a NEW LevelDB database and put records, writing a batch every
-    1000 (as Caffe's tools).  Use as a context manager or call `close()`."""
+class Writer(BatchedWriter):
+    """Create a NEW LevelDB database and put records (see
+    protonet.db.BatchedWriter)."""
 
     def __init__(self, path):
         plyvel = require_plyvel()
         self.path = os.fspath(path)
-        if os.path.exists(self.path):
-            raise DataError(f"{self.path}: already exists; Caffe's tools "
-                            "create a new database (remove it first)")
+        self.refuse_existing(self.path)
         try:
-            self.db = plyvel.DB(self.path, create_if_missing=True,
-                                error_if_exists=True, **_OPTIONS)
+            self.handle = plyvel.DB(self.path, create_if_missing=True,
+                                    error_if_exists=True, **_OPTIONS)
         except (plyvel.Error, OSError) as e:
             raise DataError(f"{self.path}: cannot create LevelDB database: "
                             f"{e}") from None
         self.pending = []
 
-    def put(self, key, value):
-        if isinstance(key, str):
-            key = key.encode("utf-8")
-        if not isinstance(value, bytes):
-            value = value.SerializeToString()
-        self.pending.append((key, value))
-        if len(self.pending) >= _COMMIT_EVERY:
-            self.commit()
-
-    def commit(self):
-        with self.db.write_batch() as batch:
-            for k, v in self.pending:
+    def _write(self, pairs):
+        with self.handle.write_batch() as batch:
+            for k, v in pairs:
                 batch.put(k, v)
-        self.pending = []
 
-    def close(self):
-        if self.db is not None:
-            self.commit()
-            self.db.close()
-            self.db = None
+    def _close(self):
+        self.handle.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
