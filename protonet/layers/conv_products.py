@@ -77,6 +77,13 @@ WINOGRAD_MIN_TILES = 16
 WGRAD_MIN_COLUMNS = 512
 WGRAD_BUFFER_BYTES = 16 << 20
 
+# A weight gradient of at least this size that is also larger than one
+# image's columns (FCN-8s fc6: 411 MB against 25 MB) is computed from whole
+# images' columns: in row blocks every GEMM would write all of it again and
+# each thread would keep a partial sum of it.  Smaller ones keep the row
+# blocks, which the benchmarks tuned (CaffeNet conv3-5 are larger than their
+# columns but only 1-4 MB).
+WGRAD_WHOLE_COLUMNS_BYTES = 32 << 20
 _SCRATCH = threading.local()
 
 
@@ -417,12 +424,10 @@ class ConvProducts:
         dW = self._weights(self.blobs[0].diff)
         img, col = self._img(img), self._col(col)
         acc, parts = self._accumulators(dW.shape)
-        # A weight gradient larger than an image's columns (FCN-8s fc6: 411
-        # MB against 25 MB) takes the image's columns whole: per block of
-        # rows, every GEMM would write the whole product again, and every
-        # thread would keep its own partial sum of it.
-        rows = self.col_shape[0] if dW.size >= self.img_channels * int(
-            np.prod(self.kernel) * np.prod(self.col_shape)) else self._rows
+        whole = dW.nbytes >= WGRAD_WHOLE_COLUMNS_BYTES and \
+            dW.size >= self.img_channels * int(np.prod(self.kernel) *
+                                               np.prod(self.col_shape))
+        rows = self.col_shape[0] if whole else self._rows
 
         def add(s, cols, flat, worker):
             dy, xt = col[s][..., flat], cols.transpose(0, 1, 3, 2)
