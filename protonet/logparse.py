@@ -19,12 +19,15 @@ Lines without a glog prefix (a progress bar, a traceback) are skipped
 instead of crashing the parser.
 """
 
+import csv
 import datetime
+import io as _stdio
 import math
 import os
 import re
 from dataclasses import dataclass, field
 
+from . import io as _io
 from .errors import ProtonetError
 
 # The same patterns parse_log.py uses (number syntax included).
@@ -172,9 +175,6 @@ def parse_log(path):
 
 
 def _write_csv(path, rows, delimiter):
-    import csv
-    from . import io as _io
-    import io as _stdio
     if not rows:
         return None
     buf = _stdio.StringIO()

@@ -17,14 +17,12 @@ It shows:
 - the net's summary table and a drawing of the train net.
 """
 
-import html
 import math
 import os
 import time
 
 import numpy as np
 
-from . import charts
 from . import io as _io
 from . import vis
 from .errors import ProtonetError
@@ -271,12 +269,3 @@ class TrainingReport:
                               f"{e.strerror}") from None
         return self.path
 
-
-def attach(solver, directory, **options):
-    """Attach a TrainingReport to `solver`; call `.write()` after training
-    for the final figures (the CLI does)."""
-    return TrainingReport(solver, directory, **options)
-
-
-def escape(text):
-    return html.escape(str(text))

@@ -3,10 +3,7 @@
 import os
 import re
 import shutil
-import struct
-import zlib
 
-import numpy as np
 import pytest
 
 from protonet import charts, cli
