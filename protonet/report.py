@@ -40,8 +40,9 @@ class ReportError(ProtonetError):
 
 
 def _norm(a):
-    a = np.asarray(a, dtype=np.float64).ravel()
-    return float(math.sqrt(np.dot(a, a))) if a.size else 0.0
+    """L2 norm of a float32 blob without a float64 copy of it."""
+    a = np.asarray(a).reshape(-1)
+    return math.sqrt(float(np.dot(a, a))) if a.size else 0.0
 
 
 class TrainingReport:
@@ -75,8 +76,9 @@ class TrainingReport:
         self.relu_zero = []     # (iter, {layer: fraction of zeros})
         self.pictures = {}
         self._last_tests = None
-        self._before_update = None
+        self._ratios_due = False
         solver.add_callback(self._on_start, self._on_gradients_ready)
+        solver.update_hooks.append(self._after_update)
 
     def _prepare_directory(self):
         try:
@@ -105,8 +107,6 @@ class TrainingReport:
         return True
 
     def _on_start(self):
-        if self._before_update is not None:
-            self._finish_update_ratios()
         if self._collect_tests():
             self.write()
 
@@ -136,27 +136,27 @@ class TrainingReport:
 
     def _layer_statistics(self):
         iter_size = max(1, self.solver.param.iter_size)
-        stats, before = {}, {}
-        for key, blob in self._params():
-            w, g = _norm(blob.data), _norm(blob.diff) / iter_size
-            stats[key] = {"weight": w, "grad": g}
-            before[key] = np.array(blob.data, copy=True)
+        stats = {key: {"weight": _norm(blob.data),
+                       "grad": _norm(blob.diff) / iter_size}
+                 for key, blob in self._params()}
         self.layer_stats.append((self.solver.iter, stats))
-        self._before_update = before
+        self._ratios_due = True
         self.relu_zero.append((self.solver.iter, self._relu_zero_fractions()))
         if "filters" not in self.pictures or self.solver.iter % (
                 10 * self.stats_every) == 0:
             self._capture_filters()
 
-    def _finish_update_ratios(self):
+    def _after_update(self):
+        """Right after the update each diff holds the update the solver
+        subtracted (Caffe's contract): its norm over the weights' is the
+        update/weight ratio, with no copy of the weights."""
+        if not self._ratios_due:
+            return
+        self._ratios_due = False
         stats = self.layer_stats[-1][1]
         for key, blob in self._params():
-            old = self._before_update.get(key)
-            if old is not None and key in stats:
-                w = stats[key]["weight"]
-                delta = _norm(np.asarray(blob.data, np.float64) - old)
-                stats[key]["ratio"] = delta / w if w > 0 else math.nan
-        self._before_update = None
+            w = stats[key]["weight"]
+            stats[key]["ratio"] = _norm(blob.diff) / w if w > 0 else math.nan
 
     def _relu_zero_fractions(self):
         net = self.solver.net
@@ -258,8 +258,6 @@ class TrainingReport:
         """Render the page and replace index.html atomically (`finished`:
         the page stops asking the browser to refresh it)."""
         if finished:
-            if self._before_update is not None:
-                self._finish_update_ratios()
             self._collect_tests()
         page = render_page(self, finished)
         try:

@@ -259,3 +259,17 @@ def test_report_in_a_real_browser(tmp_path):
     shutil.copy(shot, kept)
     pixels = np.asarray(Image.open(kept).convert("L"), dtype=np.float64)
     assert pixels.shape[1] == 1280 and pixels.std() > 20   # not blank
+
+
+def test_update_ratio_is_the_step_taken_over_the_weights(tmp_path):
+    solver = protonet.get_solver(SOLVER)
+    report = solver.add_report(tmp_path, stats_every=1)
+    before = {}
+    solver.add_callback(lambda: None, lambda: before.update(
+        {k: solver.net.params[k][0].data.copy() for k in ("conv1", "ip")}))
+    solver.step(2)
+    stats = report.layer_stats[-1][1]
+    for k in ("conv1", "ip"):
+        w0, w1 = before[k].astype(np.float64), solver.net.params[k][0].data
+        want = np.linalg.norm(w1 - w0) / np.linalg.norm(w0)
+        assert stats[f"{k}[0]"]["ratio"] == pytest.approx(want, rel=1e-4)

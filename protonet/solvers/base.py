@@ -93,6 +93,9 @@ class Solver:
         # Under `mpirun -n N` (N > 1): data-parallel training; else None.
         self.dp = parallel.data_parallel(self)
         self.callbacks = []         # (on_start, on_gradients_ready) pairs
+        # Called right after each update, while the diffs hold the update
+        # values (the training report reads them).
+        self.update_hooks = []
         caffelog.info("Initializing solver from parameters: \n"
                       + _io.format_text(self.param), "solver.cpp:44")
         # NOTE(caffe): the proto's default is GPU, but Caffe's tool only
@@ -277,6 +280,8 @@ class Solver:
             for _, on_gradients_ready in self.callbacks:
                 on_gradients_ready()
             self.apply_update()
+            for hook in self.update_hooks:
+                hook()
             self.iter += 1
             request = self._request() if self.dp is None else self.dp.request
             if (p.snapshot and self.iter % p.snapshot == 0) or \
