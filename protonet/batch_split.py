@@ -36,10 +36,9 @@ random masks, InnerProduct whose GEMM BLAS already spreads), small work
 whole, as before.  PROTONET_BATCH_SPLIT=0 turns splitting off.
 """
 
-import os
 import weakref
 
-from . import threads
+from . import envvars, threads
 from .blob import Blob
 from .errors import NetError
 from .layer import create_layer
@@ -57,9 +56,8 @@ RUN_BYTES = 64 << 20
 
 
 def enabled():
-    """Splitting is on unless PROTONET_BATCH_SPLIT is 0 (or false/off)."""
-    return os.environ.get("PROTONET_BATCH_SPLIT", "1").strip().lower() \
-        not in ("0", "false", "off", "no")
+    """Splitting is on unless PROTONET_BATCH_SPLIT is 0 (or false/no/off)."""
+    return envvars.flag("PROTONET_BATCH_SPLIT", True)
 
 
 def _strip_fillers(msg):

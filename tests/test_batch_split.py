@@ -13,7 +13,7 @@ import pytest
 import protonet
 from caffe_ref import ROOT, assert_close, case_names
 from protonet import batch_split, caffe_pb2, io
-from protonet.errors import NetError
+from protonet.errors import NetError, ProtonetError
 from protonet.layer import Layer, register
 from protonet.net import Net
 
@@ -399,3 +399,11 @@ def test_generated_nets_split_like_whole(monkeypatch, split):
                                            err_msg=text)
     check()
     assert sum(seen) >= 5, seen  # the generated nets did split
+
+
+def test_switch_value_that_is_no_switch_is_an_error(monkeypatch):
+    """Like every PROTONET_* variable (protonet.envvars): a typo is an
+    error naming the variable, not a silent 'on'."""
+    monkeypatch.setenv("PROTONET_BATCH_SPLIT", "of")
+    with pytest.raises(ProtonetError, match="PROTONET_BATCH_SPLIT='of'"):
+        batch_split.enabled()

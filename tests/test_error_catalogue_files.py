@@ -711,7 +711,9 @@ def test_hdf5_output_overwrite_switch(tmp_path, monkeypatch):
                                   H5OUT_NET % (tmp_path / "x.txt")),
                        phase=protonet.TEST)
     (tmp_path / "x.txt").write_text("x")
-    with pytest.raises(DataError, match="PROTONET_HDF5_OUTPUT_OVERWRITE"):
+    # Parsed like every PROTONET_* switch (protonet.envvars.flag).
+    with pytest.raises(ProtonetError,
+                       match="PROTONET_HDF5_OUTPUT_OVERWRITE='maybe'"):
         net.forward()
 
 

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from .. import parallel
+from .. import envvars, parallel
 from .. import rng as _rng
 from ..errors import DataError, LayerError
 from ..filecheck import read_list_file
@@ -413,12 +413,7 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def _overwrite_allowed():
-    value = os.environ.get(OVERWRITE_ENV, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise DataError(f"{OVERWRITE_ENV}={value!r}: expected 1 or 0")
+    return envvars.flag(OVERWRITE_ENV, False)
 
 
 def _written_by_us(path, h5py):

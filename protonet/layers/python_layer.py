@@ -20,6 +20,7 @@ import sys
 
 import numpy as np
 
+from .. import envvars
 from ..blob import Blob
 from ..errors import LayerError, ProtonetError, SecurityError
 from ..layer import Layer, register
@@ -60,8 +61,7 @@ def python_layers_allowed():
         return scoped
     if _allowed is not None:
         return _allowed
-    return os.environ.get(ENV_VAR, "").strip().lower() in ("1", "true", "yes",
-                                                          "on")
+    return envvars.flag(ENV_VAR, False)
 
 
 def _expose_caffe():
