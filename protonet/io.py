@@ -162,9 +162,7 @@ def atomic_output(path):
     # mkstemp creates 0600; give the file the mode open() would (0666 minus
     # the umask), so a server run as another user can read the model.
     try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
+        os.chmod(tmp, 0o666 & ~_umask())
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
@@ -186,6 +184,22 @@ def atomic_output(path):
             os.close(dfd)
     except OSError:
         pass
+
+
+def _umask():
+    """The process's umask, read without changing it where Linux shows it
+    (setting and restoring it would leave other threads, e.g. the data
+    readers, a moment with another umask)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path, data):
